@@ -1,0 +1,1 @@
+"""Tally shared library: settings, logging, database, event log, money."""

@@ -1,0 +1,134 @@
+"""Settings: one typed struct, loaded once from `TALLY_*` environment variables.
+
+Every field `foo_bar` is read from `TALLY_FOO_BAR`. Values are validated at start-up and a bad
+value fails with an error naming the variable, never later in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Annotated, Literal
+
+import msgspec
+
+ENV_PREFIX = "TALLY_"
+
+
+class SettingsError(Exception):
+    """A `TALLY_*` variable is missing or malformed; the message names it."""
+
+
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    env: Annotated[
+        Literal["dev", "test", "production"],
+        _doc("Deployment kind: `production` logs JSON; `dev` and `test` log readable lines."),
+    ] = "dev"
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], _doc("Minimum log level.")
+    ] = "info"
+    log_format: Annotated[
+        Literal["auto", "json", "console"],
+        _doc("`auto` means JSON in production, console otherwise."),
+    ] = "auto"
+    database_url: Annotated[
+        str,
+        _doc("Postgres DSN. Empty under `tally up` starts an embedded Postgres in `./.tally/`."),
+    ] = ""
+    redis_url: Annotated[
+        str, _doc("Redis URL. Empty under `tally up` starts an embedded Redis in `./.tally/`.")
+    ] = ""
+    data_dir: Annotated[str, _doc("Where `tally up` keeps the embedded Postgres and Redis.")] = (
+        ".tally"
+    )
+    db_pool_min: Annotated[
+        int, msgspec.Meta(ge=1, le=1000), _doc("Minimum connections per process pool.")
+    ] = 2
+    db_pool_max: Annotated[
+        int, msgspec.Meta(ge=1, le=1000), _doc("Maximum connections per process pool.")
+    ] = 10
+    host: Annotated[str, _doc("Address the HTTP services bind to.")] = "127.0.0.1"
+    gateway_port: Annotated[int, msgspec.Meta(ge=1, le=65535), _doc("Gateway port.")] = 8080
+    billing_port: Annotated[int, msgspec.Meta(ge=1, le=65535), _doc("Billing port.")] = 8081
+    tenant_port: Annotated[int, msgspec.Meta(ge=1, le=65535), _doc("Tenant port.")] = 8082
+    max_body_bytes: Annotated[
+        int,
+        msgspec.Meta(ge=1024),
+        _doc("Largest request body accepted by any service; larger bodies get 413."),
+    ] = 4 * 1024 * 1024
+    secret_key: Annotated[
+        str,
+        _doc(
+            "Key for provider secrets (AES-256-GCM): `KID:BASE64KEY[,KID:BASE64KEY...]`, the first"
+            " encrypts, all decrypt. Required in production."
+        ),
+    ] = ""
+    event_batch_max: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=100_000),
+        _doc("Largest group-commit batch of the event appender."),
+    ] = 2048
+    stripe_api_key: Annotated[str, _doc("Stripe secret API key.")] = ""
+    stripe_webhook_secret: Annotated[
+        str, _doc("Stripe webhook signing secrets, comma-separated during rotation.")
+    ] = ""
+    stripe_api_base: Annotated[
+        str, _doc("Stripe API base URL (tests point it at a local fake).")
+    ] = ""
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+
+_FIELD_IN_PATH = re.compile(r"`\$\.(\w+)`")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `TALLY_*` variables; raise `SettingsError` naming a bad one."""
+    environ = os.environ if environ is None else environ
+    fields = set(Settings.__struct_fields__)
+    raw: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        field = name[len(ENV_PREFIX) :].lower()
+        if field in fields:
+            raw[field] = value
+    try:
+        # strict=False lets "8080" become an int, "true" a bool: env values are always strings.
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        match = _FIELD_IN_PATH.search(str(exc))
+        variable = ENV_PREFIX + match.group(1).upper() if match else "a TALLY_ variable"
+        raise SettingsError(f"{variable}: {exc}") from None
+    if settings.db_pool_min > settings.db_pool_max:
+        raise SettingsError("TALLY_DB_POOL_MIN: must not exceed TALLY_DB_POOL_MAX")
+    if settings.production and not settings.secret_key:
+        raise SettingsError("TALLY_SECRET_KEY: required when TALLY_ENV=production")
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded on first use."""
+    return load_settings()
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the source of the docs table."""
+    info = msgspec.inspect.type_info(Settings)
+    assert isinstance(info, msgspec.inspect.StructType)
+    rows = []
+    for field in info.fields:
+        description = ""
+        if isinstance(field.type, msgspec.inspect.Metadata):
+            description = (field.type.extra_json_schema or {}).get("description", "")
+        rows.append((ENV_PREFIX + field.name.upper(), repr(field.default), description))
+    return rows

@@ -1,0 +1,28 @@
+"""The event log: typed events, idempotent appends, group commit, gap-safe reading."""
+
+from tally.eventlog.appender import GroupCommitAppender
+from tally.eventlog.base import EVENT_TYPES, Event, decode_event, encode_event
+from tally.eventlog.reader import (
+    Checkpoint,
+    EventNotifier,
+    Shard,
+    consume_batch,
+    read_events,
+)
+from tally.eventlog.store import NewEvent, StoredEvent, append_events
+
+__all__ = [
+    "EVENT_TYPES",
+    "Checkpoint",
+    "Event",
+    "EventNotifier",
+    "GroupCommitAppender",
+    "NewEvent",
+    "Shard",
+    "StoredEvent",
+    "append_events",
+    "consume_batch",
+    "decode_event",
+    "encode_event",
+    "read_events",
+]

@@ -1,0 +1,222 @@
+"""What every Tally HTTP service shares: app factory, health, metrics, request ids, errors."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import prometheus_client
+import redis.asyncio as redis
+import structlog
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from tally import __doc__ as _tally_doc
+from tally.config import Settings, get_settings
+from tally.db import create_pool
+from tally.errors import ErrorBody, ErrorResponse, TallyError
+from tally.log import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+_encode = msgspec.json.encode
+_HTTP_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str | None = None,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    body = ErrorResponse(
+        ErrorBody(
+            message,
+            type_
+            or _HTTP_ERROR_TYPES.get(
+                status, "invalid_request_error" if status < 500 else "server_error"
+            ),
+            param,
+            code,
+        )
+    )
+    return Response(_encode(body), status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _on_tally_error(_request: Request[Any, Any, Any], exc: TallyError) -> Response[bytes]:
+    return Response(_encode(exc.body()), status_code=exc.status_code, media_type=MediaType.JSON)
+
+
+def _on_validation_error(
+    _request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[bytes]:
+    # Litestar puts msgspec's precise message ("Expected `int`, got `str` - at `$.limit`") in
+    # `extra`; surface the first one with the offending field as `param`.
+    message, param = exc.detail, None
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    if extra and isinstance(extra[0], dict):
+        message = str(extra[0].get("message") or message)
+        key = extra[0].get("key")
+        param = str(key) if key else None
+    return error_response(400, message, code="invalid_request", param=param)
+
+
+def _on_http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    code = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "request_too_large",
+        401: "unauthorized",
+        403: "forbidden",
+    }.get(exc.status_code)
+    return error_response(exc.status_code, exc.detail, code=code, headers=exc.headers)
+
+
+def _on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error", path=request.url.path)
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error", code="internal_error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[..., Response[bytes]]] = {
+    TallyError: _on_tally_error,
+    ValidationException: _on_validation_error,
+    HTTPException: _on_http_error,
+    Exception: _on_unexpected_error,
+}
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Give every request an id (the caller's `x-request-id` or a new one), log it, echo it."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                # Bounded and printable: a caller's id ends up in logs and headers.
+                candidate = value[:128].decode("latin-1")
+                if candidate.isprintable():
+                    request_id = candidate
+                break
+        if not request_id:
+            request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def bind_tenant(tenant_id: uuid.UUID | str) -> None:
+    """Add the authenticated tenant to every log line of the current request."""
+    structlog.contextvars.bind_contextvars(tenant_id=str(tenant_id))
+
+
+@get("/healthz", include_in_schema=False, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    """Liveness: the process is up and serving."""
+    return {"status": "ok"}
+
+
+@get("/readyz", include_in_schema=False)
+async def readyz(state: State) -> Response[bytes]:
+    """Readiness: Postgres and Redis answer. 503 otherwise, so no traffic is routed here."""
+    checks: dict[str, str] = {}
+    started = time.perf_counter()
+    try:
+        async with state.pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    try:
+        await state.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "checks": checks,
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+    return Response(_encode(body), status_code=200 if ready else 503, media_type=MediaType.JSON)
+
+
+@get("/metrics", include_in_schema=False)
+async def metrics() -> Response[bytes]:
+    """Prometheus exposition of this process's metrics."""
+    return Response(
+        prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
+    )
+
+
+@asynccontextmanager
+async def _connect_resources(app: Litestar) -> AsyncIterator[None]:
+    """Open the pool and the Redis client for the app's life; close them on shutdown."""
+    settings: Settings = app.state.settings
+    app.state.pool = await create_pool(settings)
+    app.state.redis = redis.from_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        await app.state.redis.aclose()
+        await app.state.pool.close()
+
+
+def create_service_app(
+    name: str,
+    route_handlers: Sequence[Any] = (),
+    *,
+    settings: Settings | None = None,
+    lifespan: Sequence[Callable[[Litestar], Any]] = (),
+    on_app_init: Sequence[Callable[[AppConfig], AppConfig]] = (),
+) -> Litestar:
+    """A Tally service: health, readiness, metrics, OpenAPI, request ids and the error shape."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+    return Litestar(
+        route_handlers=[healthz, readyz, metrics, *route_handlers],
+        state=State({"settings": settings, "service": name}),
+        lifespan=[_connect_resources, *lifespan],
+        middleware=[request_id_middleware],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(
+            title=f"Tally {name}",
+            version="0.1.0",
+            description=(_tally_doc or "").strip(),
+            path="/schema",
+        ),
+        request_max_body_size=settings.max_body_bytes,
+        on_app_init=list(on_app_init),
+        debug=False,
+    )
