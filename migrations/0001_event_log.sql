@@ -14,7 +14,7 @@ CREATE TABLE events (
     CONSTRAINT events_idempotency_key_key UNIQUE (idempotency_key)
 );
 CREATE INDEX events_txid_position_idx ON events (txid, position);
-CREATE INDEX events_tenant_position_idx ON events (tenant_id, position) WHERE tenant_id IS NOT NULL;
+CREATE INDEX events_tenant_idx ON events (tenant_id, txid, position) WHERE tenant_id IS NOT NULL;
 
 -- One row per consumer (or consumer shard): the last event it applied, committed in the same
 -- transaction as its projection writes.

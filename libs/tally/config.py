@@ -74,6 +74,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         msgspec.Meta(ge=1, le=100_000),
         _doc("Largest group-commit batch of the event appender."),
     ] = 2048
+    fold_shards: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=1024),
+        _doc("Number of tenant-hash shards the billing fold is split into (one checkpoint each)."),
+    ] = 1
     stripe_api_key: Annotated[str, _doc("Stripe secret API key.")] = ""
     stripe_webhook_secret: Annotated[
         str, _doc("Stripe webhook signing secrets, comma-separated during rotation.")
