@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
 
 from tally.config import SettingsError, get_settings
 
 SERVICES = ("gateway", "billing", "tenant")
 
-# Operator commands register here: name -> function adding their subparsers.
-CommandRegistrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+# Each module adds its operator commands through `register(commands)`, where `commands` is the
+# argparse sub-parsers object; every handler takes the parsed args and returns an exit code.
+COMMAND_MODULES = ("tenant.cli", "billing.cli", "billing.checkout.cli", "billing.finance.cli")
+
+
+class CommandError(Exception):
+    """An operator command failed for a reason the operator can fix; printed without a trace."""
+
+
+def emit(args: argparse.Namespace, result: Any, human: str) -> None:
+    """Print a command's result: one JSON object with `--json`, a readable line otherwise."""
+    if getattr(args, "json", False):
+        print(msgspec.json.encode(result).decode())  # noqa: T201
+    else:
+        print(human)  # noqa: T201
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _cmd_up(_args: argparse.Namespace) -> int:
@@ -83,7 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(handler=_cmd_serve)
     commands.add_parser("worker", help="run a background worker").set_defaults(handler=_cmd_worker)
+    for module_name in COMMAND_MODULES:
+        if _module_exists(module_name):
+            importlib.import_module(module_name).register(commands)
     return parser
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"tally: configuration error: {exc}", file=sys.stderr)  # noqa: T201
         return 2
+    except CommandError as exc:
+        if getattr(args, "json", False):
+            error = {"error": {"message": str(exc), "type": "command_error"}}
+            print(msgspec.json.encode(error).decode())  # noqa: T201
+        print(f"tally: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
     except KeyboardInterrupt:
         return 130
     return result
