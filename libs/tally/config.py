@@ -74,6 +74,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         msgspec.Meta(ge=1, le=100_000),
         _doc("Largest group-commit batch of the event appender."),
     ] = 2048
+    jwt_keys: Annotated[
+        str,
+        _doc(
+            "Ed25519 signing keys for access tokens: `KID:BASE64SEED[,KID:BASE64SEED...]`;"
+            " the first signs, all verify. Outside production a key is generated in the data"
+            " folder."
+        ),
+    ] = ""
+    jwt_issuer: Annotated[str, _doc("`iss` of the access tokens Tally issues.")] = "tally"
+    jwt_audience: Annotated[str, _doc("`aud` of the access tokens Tally issues.")] = "tally-api"
+    access_token_ttl_seconds: Annotated[
+        int, msgspec.Meta(ge=30, le=86_400), _doc("Lifetime of an access token.")
+    ] = 900
     fold_shards: Annotated[
         int,
         msgspec.Meta(ge=1, le=1024),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Litestar
+
 from tally.http import create_service_app
 
 

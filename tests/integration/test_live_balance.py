@@ -4,6 +4,7 @@ import asyncio
 import uuid
 
 import redis.asyncio as redis
+
 from tally.live_balance import LiveBalances
 
 FAR_FUTURE = 2**40

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from tally.migrations import MigrationError, apply_migrations, load_migrations
 
+from tally.migrations import MigrationError, apply_migrations, load_migrations
 from tests.fixtures.services import database_url_for
 
 

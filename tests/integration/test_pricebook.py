@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 import msgspec
+
 from tally.pricebook import current_price_version, effective_price
 from tally.pricing import ModelPrice
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tally.config import SettingsError, load_settings, settings_reference
 
 

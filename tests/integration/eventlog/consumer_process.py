@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 
 import asyncpg
-from tally.eventlog import StoredEvent, consume_batch
 
+from tally.eventlog import StoredEvent, consume_batch
 from tests.integration.eventlog import events  # noqa: F401  (registers the test events)
 
 

@@ -5,6 +5,7 @@ import uuid
 
 import asyncpg
 import pytest
+
 from tally.eventlog import (
     Checkpoint,
     GroupCommitAppender,
@@ -13,7 +14,6 @@ from tally.eventlog import (
     decode_event,
     read_events,
 )
-
 from tests.integration.eventlog.events import WidgetCounted
 
 

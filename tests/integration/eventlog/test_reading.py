@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
+
 from tally.eventlog import (
     Checkpoint,
     EventNotifier,
@@ -22,7 +23,6 @@ from tally.eventlog import (
     read_events,
 )
 from tally.eventlog.reader import checkpoint_of
-
 from tests.integration.eventlog.events import WidgetCounted
 
 ROOT = Path(__file__).resolve().parents[3]
