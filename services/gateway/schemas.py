@@ -46,14 +46,17 @@ class ChatCompletionRequest(msgspec.Struct, kw_only=True):
     response_format: dict[str, Any] | None = None
 
 
-TokenIds = list[Annotated[int, msgspec.Meta(ge=0)]]
+TokenId = Annotated[int, msgspec.Meta(ge=0)]
+# A string, a list of strings, a list of token ids, or a list of token-id lists (msgspec allows
+# one array type per union, so the list's items carry the choice).
+PromptInput = str | list[str | TokenId | list[TokenId]]
 
 
 class CompletionRequest(msgspec.Struct, kw_only=True):
     """`POST /v1/completions` (legacy text completions)."""
 
     model: ModelName
-    prompt: str | list[str] | TokenIds | list[TokenIds]
+    prompt: PromptInput
     max_tokens: PositiveTokens = 16
     n: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)] = 1
     best_of: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHOICES)] | None = None
@@ -65,7 +68,7 @@ class EmbeddingsRequest(msgspec.Struct, kw_only=True):
     """`POST /v1/embeddings`."""
 
     model: ModelName
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: PromptInput
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, msgspec.Meta(ge=1)] | None = None
 

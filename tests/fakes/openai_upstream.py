@@ -202,7 +202,8 @@ class FakeOpenAIUpstream:
     def _usage(self, behaviour: Behaviour, prompt: int, completion: int) -> dict[str, Any]:
         if behaviour.usage is not None:
             return behaviour.usage
-        reasoning = behaviour.reasoning_tokens
+        # Ollama reports neither cache nor reasoning details.
+        reasoning = 0 if self.kind == "ollama" else behaviour.reasoning_tokens
         cached = min(behaviour.cached_tokens, prompt)
         usage: dict[str, Any] = {"prompt_tokens": prompt}
         if self.kind == "xai":
