@@ -60,6 +60,8 @@ def decode_body(body: bytes, schema: type[S]) -> tuple[dict[str, Any], S]:
         raw = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not valid UTF-8.") from None
     if not isinstance(raw, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
