@@ -393,9 +393,8 @@ class Meter:
             estimated=estimated,
         )
         try:
-            await asyncio.wait_for(
-                self.appender.append(event, f"usage:{call.request_id}"), self._append_timeout
-            )
+            async with asyncio.timeout(self._append_timeout):
+                await self.appender.append(event, f"usage:{call.request_id}")
         except Exception as exc:
             log.error("usage event not durable", request_id=call.request_id, error=repr(exc))
             self.health.failed()

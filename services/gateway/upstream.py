@@ -131,6 +131,8 @@ class Upstream:
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=self.timeout,
+            # Providers' cookies mean nothing here, and a real jar costs time on every response.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
