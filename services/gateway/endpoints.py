@@ -23,6 +23,7 @@ from litestar.types import ASGIApp
 
 from gateway import schemas
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, RequestTooLarge
+from gateway.providers.inbound import anthropic_inbound
 from gateway.service import Gateway, Send
 from tally.errors import ErrorBody, ErrorResponse, TallyError
 from tally.log import get_logger
@@ -50,19 +51,37 @@ V1_ROUTES: dict[str, tuple[str, Flow]] = {
     "/v1/embeddings": ("POST", Gateway.embeddings),
     "/v1/images/generations": ("POST", Gateway.images),
     "/v1/models": ("GET", _models_flow),
+    # Anthropic's Messages API, translated by gateway.providers.anthropic_inbound (404 until
+    # that module exists).
+    "/v1/messages": ("POST", Gateway.messages),
 }
+ErrorEncoder = Callable[[TallyError], bytes]
 
 
 def error_body(exc: TallyError) -> bytes:
     return _encode(exc.body())
 
 
-async def send_error(send: Send, exc: TallyError, extra: list[tuple[bytes, bytes]]) -> None:
+def error_encoder(path: str) -> ErrorEncoder:
+    """The error shape of an endpoint: OpenAI's, or the inbound format's for /v1/messages."""
+    if path == "/v1/messages":
+        inbound = anthropic_inbound()
+        if inbound is not None:
+            return inbound.error_body
+    return error_body
+
+
+async def send_error(
+    send: Send,
+    exc: TallyError,
+    extra: list[tuple[bytes, bytes]],
+    encode: ErrorEncoder = error_body,
+) -> None:
     headers = [(b"content-type", b"application/json"), *extra]
     if isinstance(exc, GatewayError) and exc.headers:
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": error_body(exc)})
+    await send({"type": "http.response.body", "body": encode(exc)})
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
@@ -95,8 +114,9 @@ async def run_flow(
     receive: Receive,
     send: Send,
     extra_headers: list[tuple[bytes, bytes]],
+    encode_error: ErrorEncoder = error_body,
 ) -> None:
-    """Run a flow; map errors to the OpenAI shape (unless the response already started)."""
+    """Run a flow; map errors to the error shape (unless the response already started)."""
     started = False
 
     async def tracked_send(message: dict[str, Any]) -> None:
@@ -124,7 +144,7 @@ async def run_flow(
         if started:
             log.warning("error after the response started", error=exc.message)
         else:
-            await send_error(send, exc, extra_headers)
+            await send_error(send, exc, extra_headers, encode_error)
     except Exception:
         log.exception("unhandled error in the gateway")
         if not started:
@@ -132,6 +152,7 @@ async def run_flow(
                 send,
                 _Internal("The gateway failed unexpectedly; nothing was charged."),
                 extra_headers,
+                encode_error,
             )
     finally:
         if watcher is not None:
@@ -180,11 +201,21 @@ class FastPath:
                 raise MethodNotAllowed(f"{scope['path']} accepts {method} only.")
             body = await read_body(receive, headers, self.max_body) if method == "POST" else b""
         except TallyError as exc:
-            await send_error(send_any, exc, extra)
+            await send_error(send_any, exc, extra, error_encoder(scope["path"]))
             return
         except asyncio.CancelledError:
             return
-        await run_flow(gateway, flow, request_id, headers, body, receive, send_any, extra)
+        await run_flow(
+            gateway,
+            flow,
+            request_id,
+            headers,
+            body,
+            receive,
+            send_any,
+            extra,
+            error_encoder(scope["path"]),
+        )
 
 
 # --- Litestar handlers: the OpenAPI document, and the routes when the fast path is off ---------
@@ -198,7 +229,17 @@ def _flow_app(request: Request[Any, Any, Any], flow: Flow, body: bytes) -> ASGIA
     headers = dict(request.headers)
 
     async def app(_scope: Scope, receive: Receive, send: Send) -> None:
-        await run_flow(gateway, flow, request_id, headers, body, receive, send, [])
+        await run_flow(
+            gateway,
+            flow,
+            request_id,
+            headers,
+            body,
+            receive,
+            send,
+            [],
+            error_encoder(request.url.path),
+        )
 
     return app  # type: ignore[return-value]
 
@@ -281,6 +322,23 @@ async def list_models(request: Request[Any, Any, Any]) -> ASGIApp:
     return _flow_app(request, _models_flow, b"")
 
 
-ROUTE_HANDLERS = [chat_completions, completions, embeddings, images_generations, list_models]
+@post(
+    "/v1/messages",
+    summary="Create a message (Anthropic Messages wire format; SSE when stream=true)",
+    tags=["Anthropic-compatible"],
+    status_code=200,
+)
+async def messages(request: Request[Any, Any, Any], data: JSONBody[dict[str, Any]]) -> ASGIApp:
+    return _flow_app(request, Gateway.messages, await request.body())
+
+
+ROUTE_HANDLERS = [
+    chat_completions,
+    completions,
+    embeddings,
+    images_generations,
+    list_models,
+    messages,
+]
 
 __all__ = ["ROUTE_HANDLERS", "V1_ROUTES", "ErrorBody", "FastPath"]

@@ -24,12 +24,14 @@ from gateway.catalog import CatalogCache, ModelEntry, Route
 from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
+    NotFound,
     PermissionDenied,
     UpstreamFailed,
 )
 from gateway.metering import Call, Meter, UsageStatus, estimate_tokens, new_call, utcnow
 from gateway.prices import PriceCache
 from gateway.providers.base import UnsupportedFeature, UpstreamError
+from gateway.providers.inbound import InboundStreamEncoder, InboundTranslator, anthropic_inbound
 from gateway.providers.openai_compatible import image_price_key
 from gateway.upstream import Upstream
 from tally.http import bind_tenant
@@ -215,6 +217,7 @@ class Gateway:
         send: Send,
         build: Callable[[Route], Any],
         parse: Callable[[Route, bytes], tuple[dict[str, Any], TokenUsage]],
+        translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         """A non-streamed call: upstream, parse, meter, answer with usage.cost_nano."""
         try:
@@ -235,6 +238,8 @@ class Gateway:
         usage_out = existing if isinstance(existing, dict) else usage_dict(usage)
         usage_out["cost_nano"] = charge.charge_nano
         payload["usage"] = usage_out
+        if translate is not None:
+            payload = translate(payload)
         await self._send_json(send, call, payload, charge.charge_nano)
 
     # --- endpoints ----------------------------------------------------------------------------
@@ -266,9 +271,43 @@ class Gateway:
     ) -> None:
         caller = await self.authenticate(headers)
         raw, request = decode_body(body, schemas.ChatCompletionRequest)
+        await self._chat(request_id, caller, raw, request, len(body), send, disconnected, None)
+
+    async def messages(
+        self,
+        request_id: str,
+        headers: Headers,
+        body: bytes,
+        send: Send,
+        disconnected: asyncio.Event,
+    ) -> None:
+        """Anthropic's `/v1/messages`: translated to a chat completion and back."""
+        inbound = anthropic_inbound()
+        if inbound is None:
+            raise NotFound("The Anthropic Messages API is not available on this gateway.")
+        caller = await self.authenticate(headers)
+        anthropic_body, _ = decode_body(body, dict)
+        raw = inbound.request_to_openai(anthropic_body)
+        try:
+            request = msgspec.convert(raw, schemas.ChatCompletionRequest)
+        except msgspec.ValidationError as exc:
+            raise InvalidRequest(f"Unsupported Messages request: {exc}") from None
+        await self._chat(request_id, caller, raw, request, len(body), send, disconnected, inbound)
+
+    async def _chat(
+        self,
+        request_id: str,
+        caller: Caller,
+        raw: dict[str, Any],
+        request: schemas.ChatCompletionRequest,
+        body_size: int,
+        send: Send,
+        disconnected: asyncio.Event,
+        inbound: InboundTranslator | None,
+    ) -> None:
         model = await self.model_for(caller, request.model)
         output = self.output_cap(model, request.max_completion_tokens or request.max_tokens)
-        text_bytes, media_parts = _message_sizes(request.messages, len(body))
+        text_bytes, media_parts = _message_sizes(request.messages, body_size)
         input_bound = text_bytes + media_parts * self._image_part_tokens
         call = await self.begin(
             request_id=request_id,
@@ -294,6 +333,7 @@ class Gateway:
                 include_usage=include_usage,
                 input_estimate=estimate_tokens(text_bytes) + media_parts * 85,
                 chat=True,
+                encoder=inbound.stream_encoder(model.name) if inbound else None,
             )
             return
         await self._unary(
@@ -303,6 +343,7 @@ class Gateway:
                 route.credential, route.upstream_model, raw, stream=False
             ),
             lambda route, data: _chat_parse(route, data),
+            translate=inbound.response_from_openai if inbound else None,
         )
 
     async def completions(
@@ -429,7 +470,10 @@ class Gateway:
         include_usage: bool,
         input_estimate: int,
         chat: bool,
+        encoder: InboundStreamEncoder | None = None,
     ) -> None:
+        if encoder is not None:
+            include_usage = True  # the inbound format decides what of the usage it shows
         try:
             response = await self.upstream.send(call.model, build, call.attempt)
         except BaseException:
@@ -486,7 +530,10 @@ class Gateway:
                         if chars and ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - call.started) * 1000)
                         streamed_chars += chars
-                    out.append(b"data: " + _encode(chunk) + b"\n\n")
+                    if encoder is not None:
+                        out.append(encoder.encode(chunk))
+                    else:
+                        out.append(b"data: " + _encode(chunk) + b"\n\n")
                 if out and not client_gone:
                     await send(
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}
@@ -523,7 +570,7 @@ class Gateway:
         if failure is not None and streamed_chars == 0 and translator.usage is None:
             # Nothing was generated: the failed call is not charged.
             await self.meter.release(call)
-            await self._end_stream_with_error(send, failure, client_gone)
+            await self._end_stream_with_error(send, failure, client_gone, encoder)
             return
         charge = await self.meter.record(
             call, usage, status=status, estimated=estimated, ttft_ms=ttft_ms
@@ -534,7 +581,20 @@ class Gateway:
             failure = failure or UpstreamError(
                 502, "The provider ended the stream without finishing it.", code="stream_error"
             )
-            await self._end_stream_with_error(send, failure, client_gone)
+            await self._end_stream_with_error(send, failure, client_gone, encoder)
+            return
+        if encoder is not None:
+            usage_out = usage_dict(usage)
+            if usage_chunk is not None and isinstance(usage_chunk.get("usage"), dict):
+                usage_out = usage_chunk["usage"]
+            usage_out["cost_nano"] = charge.charge_nano
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": encoder.finish(usage_out),
+                    "more_body": False,
+                }
+            )
             return
         tail = []
         if include_usage:
@@ -554,25 +614,26 @@ class Gateway:
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
 
     async def _end_stream_with_error(
-        self, send: Send, failure: UpstreamError, client_gone: bool
+        self,
+        send: Send,
+        failure: UpstreamError,
+        client_gone: bool,
+        encoder: InboundStreamEncoder | None = None,
     ) -> None:
         if client_gone:
             return
         error = {
-            "error": {
-                "message": failure.message,
-                "type": "upstream_error",
-                "param": None,
-                "code": failure.code or "upstream_error",
-            }
+            "message": failure.message,
+            "type": "upstream_error",
+            "param": None,
+            "code": failure.code or "upstream_error",
         }
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + _encode(error) + b"\n\n",
-                "more_body": False,
-            }
+        body = (
+            encoder.error(error)
+            if encoder is not None
+            else b"data: " + _encode({"error": error}) + b"\n\n"
         )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def usage_dict(usage: TokenUsage) -> dict[str, Any]:
