@@ -14,15 +14,23 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
 import structlog
 from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.types import ASGIApp
+from redis.exceptions import RedisError
 
 from gateway import schemas
-from gateway.errors import GatewayError, MethodNotAllowed, NotFound, RequestTooLarge
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    Unavailable,
+)
 from gateway.providers.inbound import anthropic_inbound
 from gateway.service import Gateway, Send
 from tally.errors import ErrorBody, ErrorResponse, TallyError
@@ -145,6 +153,16 @@ async def run_flow(
             log.warning("error after the response started", error=exc.message)
         else:
             await send_error(send, exc, extra_headers, encode_error)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as exc:
+        # Postgres or Redis out of reach (a cache miss, a price lookup): refuse, never guess.
+        log.error("storage unavailable", error=repr(exc))
+        if not started:
+            await send_error(
+                send,
+                Unavailable("The gateway cannot reach its storage right now; try again."),
+                extra_headers,
+                encode_error,
+            )
     except Exception:
         log.exception("unhandled error in the gateway")
         if not started:
