@@ -44,14 +44,14 @@ from gateway.errors import (
     SpendCapReached,
     Unavailable,
 )
+from gateway.tariff import Tariff
 from gateway.upstream import Attempt
 from tally.eventlog import GroupCommitAppender
 from tally.events.billing import UsageRecorded
 from tally.live_balance import LiveBalances, live_balance_from_postgres
 from tally.log import get_logger
 from tally.money import format_credits
-from tally.pricebook import EffectivePrice
-from tally.pricing import Charge, PricingError, TokenUsage, price_usage, worst_case_usage
+from tally.pricing import Charge, PricingError, TokenUsage, worst_case_usage
 
 log = get_logger(__name__)
 
@@ -66,7 +66,7 @@ class Call:
     endpoint: str
     caller: Caller
     model: ModelEntry
-    price: EffectivePrice
+    tariff: Tariff
     started: float
     started_at: datetime
     keys: AdmitKeys
@@ -145,12 +145,6 @@ class PostgresHealth:
             self._probe.cancel()
 
 
-def charge_for(usage: TokenUsage, price: EffectivePrice) -> Charge:
-    return price_usage(
-        usage, price.price, margin_pct=price.margin_pct, credit_price_usd=price.credit_price_usd
-    )
-
-
 def estimate_tokens(chars: int) -> int:
     """A realistic token count for text of `chars` characters (about 4 per token)."""
     return math.ceil(chars / 4)
@@ -182,7 +176,7 @@ class Meter:
 
     def worst_case(
         self,
-        price: EffectivePrice,
+        tariff: Tariff,
         *,
         input_tokens: int,
         max_output_tokens: int,
@@ -191,12 +185,12 @@ class Meter:
         """The dearest the request can turn out, in nano-credits: what it must hold."""
         try:
             usage = worst_case_usage(
-                price.price,
+                tariff.price.price,
                 input_tokens=input_tokens,
                 max_output_tokens=max_output_tokens,
                 images=images,
             )
-            return charge_for(usage, price).charge_nano
+            return tariff.charge(usage).charge_nano
         except PricingError as exc:
             raise InvalidRequest(f"This request cannot be priced: {exc}.") from None
 
@@ -363,7 +357,7 @@ class Meter:
             raise RuntimeError("a request is metered once")
         call.finished = True
         try:
-            charge = charge_for(usage, call.price)
+            charge = call.tariff.charge(usage)
         except PricingError as exc:
             # The worst case priced, so only an image size the hold did not foresee gets here.
             log.error("usage cannot be priced", error=str(exc), request_id=call.request_id)
@@ -379,7 +373,7 @@ class Meter:
             model=call.model.name,
             endpoint=call.endpoint,
             usage=usage,
-            price_version=call.price.price_version,
+            price_version=call.tariff.price.price_version,
             charge_nano=charge.charge_nano,
             base_nano=charge.base_nano,
             status=status,
@@ -420,7 +414,7 @@ def new_call(
     endpoint: str,
     caller: Caller,
     model: ModelEntry,
-    price: EffectivePrice,
+    tariff: Tariff,
     started: float,
     started_at: datetime,
     worst_case_nano: int,
@@ -432,7 +426,7 @@ def new_call(
         endpoint=endpoint,
         caller=caller,
         model=model,
-        price=price,
+        tariff=tariff,
         started=started,
         started_at=started_at,
         keys=admit_keys(caller.tenant_id, caller.key_id, now_ms, started_at),

@@ -14,18 +14,19 @@ from uuid import UUID
 import asyncpg
 
 from gateway import repository
-from tally.pricebook import EffectivePrice, current_price_version, effective_price
+from gateway.tariff import Tariff
+from tally.pricebook import current_price_version, effective_price
 
 
 class PriceCache:
     def __init__(self, pool: asyncpg.Pool, *, ttl_s: float) -> None:
         self._pool = pool
         self._ttl = ttl_s
-        self._entries: dict[tuple[UUID, str], tuple[EffectivePrice | None, float, float]] = {}
+        self._entries: dict[tuple[UUID, str], tuple[Tariff | None, float, float]] = {}
         # Bumped by every invalidation: a load that started before one is not cached.
         self._generation = 0
 
-    async def price(self, tenant_id: UUID, model: str, at: datetime) -> EffectivePrice | None:
+    async def price(self, tenant_id: UUID, model: str, at: datetime) -> Tariff | None:
         """The tenant's price of `model` at `at` (now), or None when the model has no price."""
         entry = self._entries.get((tenant_id, model))
         now = time.monotonic()
@@ -40,9 +41,10 @@ class PriceCache:
             )
             change = await repository.next_price_change(conn, model, version, at)
         valid_until_wall = change.timestamp() if change is not None else float("inf")
+        tariff = Tariff(price) if price is not None else None
         if generation == self._generation:
-            self._entries[(tenant_id, model)] = (price, now + self._ttl, valid_until_wall)
-        return price
+            self._entries[(tenant_id, model)] = (tariff, now + self._ttl, valid_until_wall)
+        return tariff
 
     def clear(self) -> None:
         self._generation += 1

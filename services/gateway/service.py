@@ -141,8 +141,8 @@ class Gateway:
     ) -> Call:
         """Price the worst case and admit the request (rate limits, caps, credit hold)."""
         started_at = utcnow()
-        price = await self.prices.price(caller.tenant_id, model.name, started_at)
-        if price is None:
+        tariff = await self.prices.price(caller.tenant_id, model.name, started_at)
+        if tariff is None:
             raise InvalidRequest(
                 f"The model '{model.name}' has no price yet, so it cannot be served.",
                 param="model",
@@ -151,14 +151,14 @@ class Gateway:
         if model.context_window is not None:
             input_tokens = min(input_tokens, model.context_window)
         worst = self.meter.worst_case(
-            price, input_tokens=input_tokens, max_output_tokens=max_output_tokens, images=images
+            tariff, input_tokens=input_tokens, max_output_tokens=max_output_tokens, images=images
         )
         call = new_call(
             request_id=request_id,
             endpoint=endpoint,
             caller=caller,
             model=model,
-            price=price,
+            tariff=tariff,
             started=time.perf_counter(),
             started_at=started_at,
             worst_case_nano=worst,
