@@ -10,6 +10,8 @@ flows in `gateway.service`.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -183,6 +185,21 @@ class _Internal(TallyError):
     code = "internal_error"
 
 
+class RequestIds:
+    """Unique request ids without a system call each: 64 random bits per process + a counter.
+
+    The id names the usage event (`usage:<id>`), so it must never repeat across processes or
+    restarts; 2^64 random prefixes make a clash between two processes practically impossible.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -194,6 +211,7 @@ class FastPath:
         self.app = app
         self.max_body = max_body_bytes
         self.gateway: Gateway | None = None  # set by the runtime once started
+        self.request_ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: LitestarSend) -> None:
         gateway = self.gateway
@@ -202,7 +220,7 @@ class FastPath:
             return
         # The gateway always makes its own request id: a caller's x-request-id would let two
         # requests share a usage event's idempotency key. The caller's id is only logged.
-        request_id = uuid.uuid4().hex
+        request_id = self.request_ids.next()
         headers = _headers(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
