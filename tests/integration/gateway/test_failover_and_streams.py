@@ -241,3 +241,40 @@ async def test_a_failed_call_before_any_output_releases_the_hold(
     assert snapshot is not None
     assert (snapshot.holds_nano, snapshot.available_nano) == (0, 10**12)
     assert await usage_events(pool) == []
+
+
+async def test_a_client_that_leaves_is_charged_for_what_was_streamed_when_upstream_stays_slow(
+    pool: asyncpg.Pool, redis_client: redis.Redis, fakes: dict[str, FakeOpenAIUpstream]
+) -> None:
+    from tests.fixtures.gateway import gateway_settings
+
+    server = GatewayServer(gateway_settings(gateway_disconnect_drain_s=0.3))
+    try:
+        world = await make_world(pool, server, fakes["openai"])
+        world.fake.script.append(Behaviour(chunks=60, chunk_delay=0.05))
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            async with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {world.key}"},
+                json={"model": world.model, "messages": MESSAGES, "stream": True},
+            ) as response:
+                async for line in response.aiter_lines():
+                    if "w2" in line:
+                        break
+        for _ in range(100):
+            events = await usage_events(pool)
+            if events:
+                break
+            await asyncio.sleep(0.05)
+        [event] = events
+        # The drain gave up long before the 60 words (3 s) were done: usage is estimated from
+        # what was streamed, and charged once.
+        assert (event["status"], event["estimated"]) == ("client_disconnected", True)
+        assert 1 <= event["usage"]["output_tokens"] < 45
+        snapshot = await LiveBalances(redis_client).snapshot(world.tenant_id)
+        assert snapshot is not None
+        assert (snapshot.holds_nano, snapshot.unfolded_nano) == (0, event["charge_nano"])
+        await world.client.close()
+    finally:
+        server.stop()
