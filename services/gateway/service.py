@@ -490,6 +490,9 @@ class Gateway:
             }
         )
         streamed_chars = 0
+        # A finish_reason means the provider ended the generation properly, even if it then
+        # reports no usage (some OpenAI-compatible servers ignore include_usage).
+        finished = False
         ttft_ms: int | None = None
         last_chunk: dict[str, Any] | None = None
         usage_chunk: dict[str, Any] | None = None
@@ -527,6 +530,8 @@ class Gateway:
                             del chunk["usage"]
                     if choices:
                         chars = _streamed_chars(choices)
+                        if not finished:
+                            finished = _has_finish_reason(choices)
                         if chars and ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - call.started) * 1000)
                         streamed_chars += chars
@@ -554,7 +559,7 @@ class Gateway:
             client_gone = True
 
         usage = translator.usage
-        complete = failure is None and usage is not None
+        complete = failure is None and (usage is not None or finished)
         estimated = usage is None
         if usage is None:
             # No usage from upstream (cut stream, or the client left and the drain timed out):
@@ -567,9 +572,12 @@ class Gateway:
             status = "client_disconnected"
         elif failure is not None or not complete:
             status = "error"
-        if failure is not None and streamed_chars == 0 and translator.usage is None:
+        if not complete and streamed_chars == 0 and translator.usage is None:
             # Nothing was generated: the failed call is not charged.
             await self.meter.release(call)
+            failure = failure or UpstreamError(
+                502, "The provider ended the stream without any output.", code="stream_error"
+            )
             await self._end_stream_with_error(send, failure, client_gone, encoder)
             return
         charge = await self.meter.record(
@@ -690,6 +698,10 @@ def _prompt_sizes(prompt: Any) -> tuple[int, int]:
                 estimate += e
         return bound, estimate
     return 0, 0
+
+
+def _has_finish_reason(choices: list[Any]) -> bool:
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 def _streamed_chars(choices: list[Any]) -> int:

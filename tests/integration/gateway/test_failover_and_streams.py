@@ -278,3 +278,26 @@ async def test_a_client_that_leaves_is_charged_for_what_was_streamed_when_upstre
         await world.client.close()
     finally:
         server.stop()
+
+
+async def test_a_provider_that_ignores_include_usage_still_ends_normally_and_is_estimated(
+    world: World, pool: asyncpg.Pool
+) -> None:
+    world.fake.script.append(Behaviour(chunks=4, omit_usage=True))
+    stream = await world.client.chat.completions.create(
+        model=world.model,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usages = "", []
+    async for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage is not None:
+            usages.append(chunk.usage)
+    assert text == "w0 w1 w2 w3 "
+    [usage] = usages  # the gateway's own, from its estimate, with the charge
+    [event] = await usage_events(pool)
+    assert (event["status"], event["estimated"]) == ("ok", True)
+    assert usage.model_extra["cost_nano"] == event["charge_nano"] > 0
