@@ -5,8 +5,11 @@ responses and `chat.completion.chunk` dicts as OpenAI documents them. Each provi
 adapter that translates between that format and its native wire format (N adapters, never N x M);
 the gateway does the HTTP, the routing, the failover and the metering around it.
 
-Adapters are pure translators: no I/O, no clock, no globals that change. They build an
-`UpstreamRequest`, and parse the bytes the gateway hands back. Usage is normalised to
+Adapters are translators: no I/O and no state shared between requests (request signing may
+read the clock). They build an `UpstreamRequest` and parse the bytes the gateway hands back; the
+gateway sends it, retries other routes, and meters. The gateway also sets the public model name
+on non-streamed responses, adds `usage.cost_nano`, and writes the final usage chunk of a stream
+itself from `StreamTranslator.usage`, so adapters need not emit a usage chunk. Usage is normalised to
 `tally.pricing.TokenUsage`, whose counts are disjoint: `input_tokens` excludes cached and
 cache-write tokens, `output_tokens` excludes reasoning tokens (see the provider reference for
 which native fields include which).
