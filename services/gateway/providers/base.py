@@ -9,10 +9,11 @@ Adapters are translators: no I/O and no state shared between requests (request s
 read the clock). They build an `UpstreamRequest` and parse the bytes the gateway hands back; the
 gateway sends it, retries other routes, and meters. The gateway also sets the public model name
 on non-streamed responses, adds `usage.cost_nano`, and writes the final usage chunk of a stream
-itself from `StreamTranslator.usage`, so adapters need not emit a usage chunk. Usage is normalised to
-`tally.pricing.TokenUsage`, whose counts are disjoint: `input_tokens` excludes cached and
-cache-write tokens, `output_tokens` excludes reasoning tokens (see the provider reference for
-which native fields include which).
+itself from `StreamTranslator.usage`, so adapters need not emit a usage chunk.
+
+Usage is normalised to `tally.pricing.TokenUsage`, whose counts are disjoint: `input_tokens`
+excludes cached and cache-write tokens, `output_tokens` excludes reasoning tokens (see the
+provider reference for which native fields include which).
 """
 
 from __future__ import annotations

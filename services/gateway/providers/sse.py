@@ -25,17 +25,30 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Complete events found in everything fed so far; the partial tail is kept."""
-        self._buffer += chunk
+        buffer = self._buffer + chunk if self._buffer else chunk
         events: list[SSEEvent] = []
+        position = 0
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = buffer.find(b"\n", position)
             if newline < 0:
                 break
-            line = self._buffer[:newline]
-            self._buffer = self._buffer[newline + 1 :]
+            line = buffer[position:newline]
+            # The common case, one `data:` line and a blank line, skips the general parser.
+            if (
+                not self._data
+                and not self._event
+                and line.startswith(b"data: ")
+                and not line.endswith(b"\r")
+                and buffer.startswith(b"\n", newline + 1)
+            ):
+                events.append(SSEEvent("", line[6:]))
+                position = newline + 2
+                continue
+            position = newline + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
             self._line(line, events)
+        self._buffer = buffer[position:]
         return events
 
     def flush(self) -> list[SSEEvent]:
