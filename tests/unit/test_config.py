@@ -53,3 +53,15 @@ def test_every_setting_is_documented() -> None:
     rows = settings_reference()
     assert {name for name, _, _ in rows} >= {"TALLY_DATABASE_URL", "TALLY_REDIS_URL"}
     assert all(description for _, _, description in rows)
+
+
+def test_the_configuration_reference_in_docs_matches_the_code() -> None:
+    from pathlib import Path
+
+    from tally.config import settings_markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert docs.read_text() == settings_markdown(), (
+        "docs/configuration.md is stale: run `.venv/bin/tally settings --markdown > "
+        "docs/configuration.md`"
+    )
