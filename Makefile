@@ -15,7 +15,7 @@ $(UV):
 
 # The virtual environment, rebuilt from the lock file whenever it or pyproject.toml changes.
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --all-extras
 	touch $@
 
 up: $(VENV)/.synced  ## the whole stack on this machine (embedded Postgres and Redis by default)

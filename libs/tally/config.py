@@ -130,6 +130,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("TALLY_DB_POOL_MIN: must not exceed TALLY_DB_POOL_MAX")
     if settings.production and not settings.secret_key:
         raise SettingsError("TALLY_SECRET_KEY: required when TALLY_ENV=production")
+    if settings.secret_key:
+        from tally.crypto import KeyRing, SecretKeyError
+
+        try:
+            KeyRing.parse(settings.secret_key)
+        except SecretKeyError as exc:
+            raise SettingsError(str(exc)) from None
     return settings
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import PurePosixPath
 
 import pytest
+
 from tally.cli import build_parser
 from tally.config import ENV_PREFIX, Settings
 

@@ -59,8 +59,19 @@ def required_variables(text: str) -> set[str]:
     return {m["name"] for m in _VARIABLE.finditer(text) if m["op"] in (":?", "?")}
 
 
+def example_filled_in() -> dict[str, str]:
+    """.env.example as an operator leaves it after following its comments: the placeholder
+    key replaced by a freshly generated one (the placeholder itself must fail validation)."""
+    from tally.crypto import new_key_entry
+
+    values = read_env_file()
+    if "REPLACE" in values.get("TALLY_SECRET_KEY", ""):
+        values["TALLY_SECRET_KEY"] = new_key_entry("k1")
+    return values
+
+
 def load(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file with variables filled in from `environ` (default: .env.example)."""
-    environ = read_env_file() if environ is None else environ
+    """The compose file with variables filled in from `environ` (default: .env.example, filled)."""
+    environ = example_filled_in() if environ is None else environ
     loaded: dict[str, Any] = yaml.safe_load(interpolate(COMPOSE.read_text(), environ))
     return loaded

@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from compose_spec import PyOptions
-from tally.config import SettingsError, load_settings
 
+from tally.config import SettingsError, load_settings
 from tests.ops.cli_contract import (
     DEFAULT_PORTS,
     SETTING_VARIABLES,
@@ -185,3 +185,8 @@ def test_the_env_file_stays_out_of_git_and_the_image() -> None:
     assert "deploy/.env" in ignored
     assert not in_context("deploy/.env", ignore_rules())
     assert "deploy/.env.example" not in context_files()
+
+
+def test_the_example_placeholder_key_is_refused_until_replaced() -> None:
+    with pytest.raises(SettingsError, match="TALLY_SECRET_KEY"):
+        load_settings({"TALLY_SECRET_KEY": EXAMPLE["TALLY_SECRET_KEY"]})

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tally.config import SettingsError, load_settings
 
+from tally.config import SettingsError, load_settings
 from tests.ops.cli_contract import DEFAULT_PORTS, parse_tally_command, role_of, unknown_settings
 from tests.ops.docker_context import (
     DOCKERFILE,

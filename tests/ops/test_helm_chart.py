@@ -16,8 +16,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from tally.config import SettingsError, load_settings
 
+from tally.config import SettingsError, load_settings
 from tests.ops.cli_contract import (
     DEFAULT_PORTS,
     parse_tally_command,
