@@ -7,6 +7,7 @@ what is required, everything optional turned off, and a production-shaped releas
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,11 +15,12 @@ from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
+import msgspec
 import pytest
 import yaml
 
 from tally.auth import load_signing_keys
-from tally.config import SettingsError, load_settings
+from tally.config import Settings, SettingsError, load_settings
 from tests.ops.cli_contract import (
     DEFAULT_PORTS,
     parse_tally_command,
@@ -127,6 +129,29 @@ def test_values_schema_rejects_unknown_and_invalid_values() -> None:
     paths = [{"path": "/", "pathType": "Prefix", "service": "worker"}]
     with pytest.raises(helm.HelmValuesError, match="service"):
         render({**values, "ingress": {"enabled": True, "hosts": [{"host": "x", "paths": paths}]}})
+
+
+def test_config_values_take_exactly_what_the_settings_accept() -> None:
+    """`config.*` in values.schema.json mirrors tally.config.Settings: the same choices and the
+    same bounds, so a value the chart accepts never stops the pods at start-up."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    fields = {
+        f.name: f.type.type if isinstance(f.type, msgspec.inspect.Metadata) else f.type
+        for f in msgspec.inspect.type_info(Settings).fields  # type: ignore[union-attr]
+    }
+    for key, rule in schema["properties"].items():
+        field = fields[re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()]
+        if isinstance(field, msgspec.inspect.IntType):
+            assert (rule["type"], rule.get("minimum"), rule.get("maximum")) == (
+                "integer",
+                field.ge,
+                field.le,
+            ), key
+        elif isinstance(field, msgspec.inspect.LiteralType):
+            # "" is allowed where the chart leaves the variable out (Tally's default applies).
+            assert set(rule["enum"]) - {""} == set(field.values), key
+        else:
+            assert isinstance(field, msgspec.inspect.StrType) and rule["type"] == "string", key
 
 
 @pytest.mark.parametrize(
