@@ -78,7 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         str,
         _doc(
             "Ed25519 signing keys for access tokens: `KID:BASE64SEED[,KID:BASE64SEED...]`;"
-            " the first signs, all verify. Outside production a key is generated in the data"
+            " the first signs, all verify. Required in production by the services that issue or"
+            " verify tokens (tenant, billing); outside production a key is generated in the data"
             " folder."
         ),
     ] = ""
@@ -137,6 +138,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             KeyRing.parse(settings.secret_key)
         except SecretKeyError as exc:
             raise SettingsError(str(exc)) from None
+    if settings.jwt_keys:
+        # Checked here, not only when a service first loads its signing keys, so a bad ring
+        # stops every process at start instead of the first sign-in. Presence is not required:
+        # only the services that issue or verify access tokens need the ring
+        # (`tally.auth.load_signing_keys` refuses to run without it in production).
+        from tally.auth import AuthError, SigningKeys
+
+        try:
+            SigningKeys.parse(settings.jwt_keys)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        except AuthError:  # every entry blank, e.g. TALLY_JWT_KEYS=","
+            raise SettingsError("TALLY_JWT_KEYS: the key ring is empty") from None
     return settings
 
 

@@ -61,12 +61,16 @@ def required_variables(text: str) -> set[str]:
 
 def example_filled_in() -> dict[str, str]:
     """.env.example as an operator leaves it after following its comments: the placeholder
-    key replaced by a freshly generated one (the placeholder itself must fail validation)."""
+    keys replaced by freshly generated ones (the placeholders themselves must fail validation)."""
+    from tally.auth import new_signing_key_entry
     from tally.crypto import new_key_entry
 
     values = read_env_file()
-    if "REPLACE" in values.get("TALLY_SECRET_KEY", ""):
-        values["TALLY_SECRET_KEY"] = new_key_entry("k1")
+    generators = {"TALLY_SECRET_KEY": new_key_entry, "TALLY_JWT_KEYS": new_signing_key_entry}
+    for variable, generate in generators.items():
+        kid, _, placeholder = values.get(variable, "").partition(":")
+        if "REPLACE" in placeholder:
+            values[variable] = generate(kid)
     return values
 
 

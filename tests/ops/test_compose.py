@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from compose_spec import PyOptions
 
+from tally.auth import load_signing_keys
 from tally.config import SettingsError, load_settings
+from tally.crypto import load_key_ring, new_key_entry
 from tests.ops.cli_contract import (
     DEFAULT_PORTS,
     SETTING_VARIABLES,
@@ -18,6 +23,7 @@ from tests.ops.cli_contract import (
 )
 from tests.ops.compose_file import (
     COMPOSE,
+    ENV_EXAMPLE,
     ROOT,
     InterpolationError,
     interpolate,
@@ -35,6 +41,8 @@ from tests.ops.docker_context import (
 
 TALLY_SERVICES = ("migrate", "gateway", "billing", "tenant", "worker")
 HTTP_SERVICES = ("gateway", "billing", "tenant")
+# The services that issue (tenant) or verify (both) people's access tokens.
+TOKEN_SERVICES = ("billing", "tenant")
 RUNTIME = parse_stages()[-1]
 EXAMPLE = read_env_file()
 COMPOSE_TEXT = COMPOSE.read_text()
@@ -64,7 +72,7 @@ def test_the_spec_parser_rejects_a_misspelt_key() -> None:
         PyOptions(apply_merge=True).from_yaml(broken)
 
 
-@pytest.mark.parametrize("variable", ["POSTGRES_PASSWORD", "TALLY_SECRET_KEY"])
+@pytest.mark.parametrize("variable", ["POSTGRES_PASSWORD", "TALLY_SECRET_KEY", "TALLY_JWT_KEYS"])
 def test_a_missing_secret_stops_compose_with_a_hint(variable: str) -> None:
     environ = {k: v for k, v in EXAMPLE.items() if k != variable}
     with pytest.raises(InterpolationError, match=rf"{variable}: set {variable} in deploy/\.env"):
@@ -73,7 +81,7 @@ def test_a_missing_secret_stops_compose_with_a_hint(variable: str) -> None:
 
 def test_the_example_env_file_covers_every_required_variable() -> None:
     required = required_variables(COMPOSE_TEXT)
-    assert required == {"POSTGRES_PASSWORD", "TALLY_SECRET_KEY"}
+    assert required == {"POSTGRES_PASSWORD", "TALLY_SECRET_KEY", "TALLY_JWT_KEYS"}
     assert all(EXAMPLE.get(name) for name in required)
     assert unknown_settings(EXAMPLE) == set()
 
@@ -169,6 +177,11 @@ def test_every_variable_is_a_setting_and_loads(services: dict[str, dict[str, Any
             postgres["POSTGRES_PASSWORD"],
         )
         assert urlsplit(settings.redis_url).hostname == "redis"
+        if name in TOKEN_SERVICES:
+            # What the service does at start-up in production; it raises without a ring.
+            assert load_signing_keys(settings).current_kid == "j1"
+        else:
+            assert settings.jwt_keys == "", f"{name} needs no token signing keys"
 
 
 def test_app_containers_are_locked_down(services: dict[str, dict[str, Any]]) -> None:
@@ -187,6 +200,43 @@ def test_the_env_file_stays_out_of_git_and_the_image() -> None:
     assert "deploy/.env.example" not in context_files()
 
 
-def test_the_example_placeholder_key_is_refused_until_replaced() -> None:
-    with pytest.raises(SettingsError, match="TALLY_SECRET_KEY"):
-        load_settings({"TALLY_SECRET_KEY": EXAMPLE["TALLY_SECRET_KEY"]})
+@pytest.mark.parametrize("variable", ["TALLY_SECRET_KEY", "TALLY_JWT_KEYS"])
+def test_the_example_placeholder_keys_are_refused_until_replaced(variable: str) -> None:
+    assert "REPLACE" in EXAMPLE[variable]
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: EXAMPLE[variable]})
+
+
+def _generate_commands() -> dict[str, list[str]]:
+    """`# Generate one:  python3 -c "..."` comments, by the variable on the next line."""
+    commands: dict[str, list[str]] = {}
+    pending: list[str] | None = None
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.startswith("# Generate one:"):
+            pending = shlex.split(line.partition(":")[2])
+        elif pending is not None and line and not line.startswith("#"):
+            commands[line.partition("=")[0]] = pending
+            pending = None
+    return commands
+
+
+def test_every_secret_comes_with_a_command_that_generates_a_valid_one() -> None:
+    commands = _generate_commands()
+    assert set(commands) == {"POSTGRES_PASSWORD", "TALLY_SECRET_KEY", "TALLY_JWT_KEYS"}
+    for variable, command in commands.items():
+        assert command[:2] == ["python3", "-c"], command
+        generated = subprocess.run(
+            [sys.executable, "-c", command[2]], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if variable == "POSTGRES_PASSWORD":
+            # It goes into TALLY_DATABASE_URL as is, so it must need no URL escaping.
+            assert quote(generated, safe="") == generated and len(generated) >= 24
+            continue
+        # Production, as in the image: a key that loads there loads everywhere.
+        environ = {"TALLY_ENV": "production", "TALLY_SECRET_KEY": new_key_entry("k0")}
+        settings = load_settings({**environ, variable: generated})
+        kid = generated.partition(":")[0]
+        if variable == "TALLY_SECRET_KEY":
+            assert load_key_ring(settings).current_kid == kid
+        else:
+            assert load_signing_keys(settings).current_kid == kid

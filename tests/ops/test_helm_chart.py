@@ -7,6 +7,7 @@ what is required, everything optional turned off, and a production-shaped releas
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 
 import helm_python as helm
 import kubernetes_validate
+import msgspec
 import pytest
 import yaml
 
-from tally.config import SettingsError, load_settings
+from tally.auth import load_signing_keys
+from tally.config import Settings, SettingsError, load_settings
 from tests.ops.cli_contract import (
     DEFAULT_PORTS,
     parse_tally_command,
@@ -42,6 +45,8 @@ from tests.ops.manifests import (
 
 HTTP_COMPONENTS = ("gateway", "billing", "tenant")
 COMPONENTS = (*HTTP_COMPONENTS, "worker")
+# Tenant issues people's access tokens, billing verifies them; nothing else holds the keys.
+TOKEN_COMPONENTS = ("billing", "tenant")
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 # The oldest Kubernetes the chart declares, and the newest one with published schemas.
 MIN_KUBE = re.search(r"(\d+\.\d+)", CHART_META["kubeVersion"]).group(1)  # type: ignore[union-attr]
@@ -126,6 +131,29 @@ def test_values_schema_rejects_unknown_and_invalid_values() -> None:
         render({**values, "ingress": {"enabled": True, "hosts": [{"host": "x", "paths": paths}]}})
 
 
+def test_config_values_take_exactly_what_the_settings_accept() -> None:
+    """`config.*` in values.schema.json mirrors tally.config.Settings: the same choices and the
+    same bounds, so a value the chart accepts never stops the pods at start-up."""
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    fields = {
+        f.name: f.type.type if isinstance(f.type, msgspec.inspect.Metadata) else f.type
+        for f in msgspec.inspect.type_info(Settings).fields  # type: ignore[union-attr]
+    }
+    for key, rule in schema["properties"].items():
+        field = fields[re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()]
+        if isinstance(field, msgspec.inspect.IntType):
+            assert (rule["type"], rule.get("minimum"), rule.get("maximum")) == (
+                "integer",
+                field.ge,
+                field.le,
+            ), key
+        elif isinstance(field, msgspec.inspect.LiteralType):
+            # "" is allowed where the chart leaves the variable out (Tally's default applies).
+            assert set(rule["enum"]) - {""} == set(field.values), key
+        else:
+            assert isinstance(field, msgspec.inspect.StrType) and rule["type"] == "string", key
+
+
 @pytest.mark.parametrize(
     ("values", "names"),
     [
@@ -134,6 +162,14 @@ def test_values_schema_rejects_unknown_and_invalid_values() -> None:
         (
             {"postgres": {"url": "postgresql://db/tally"}, "redis": {"url": "redis://r:6379/0"}},
             "secrets.secretKey or secrets.existingSecret",
+        ),
+        (
+            {
+                "postgres": {"url": "postgresql://db/tally"},
+                "redis": {"url": "redis://r:6379/0"},
+                "secrets": {"secretKey": "k1:" + "A" * 43 + "="},
+            },
+            "secrets.jwtKeys or secrets.existingSecret",
         ),
     ],
 )
@@ -144,7 +180,7 @@ def test_missing_required_values_fail_the_render_naming_them(
         render(values)
 
 
-def test_secret_key_is_optional_outside_production() -> None:
+def test_secret_key_and_jwt_keys_are_optional_outside_production() -> None:
     manifests = render(
         {
             "postgres": {"url": "postgresql://db/tally"},
@@ -152,8 +188,19 @@ def test_secret_key_is_optional_outside_production() -> None:
             "config": {"env": "dev"},
         }
     )
-    env = {e["name"]: e for e in container(one(manifests, "Deployment", "tally-gateway"))["env"]}
+    env = {e["name"]: e for e in container(one(manifests, "Deployment", "tally-tenant"))["env"]}
+    # Outside production Tally generates both in its data folder when they are missing.
     assert env["TALLY_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env["TALLY_JWT_KEYS"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_secret_key_and_jwt_keys_are_mandatory_in_production() -> None:
+    # An existing Secret without `jwt-keys` must keep the pod from starting, not start it
+    # unable to sign anyone in.
+    for workload, spec in pod_specs(rendered("production")):
+        for entry in spec["containers"][0]["env"]:
+            if entry["name"] in ("TALLY_SECRET_KEY", "TALLY_JWT_KEYS"):
+                assert "optional" not in entry["valueFrom"]["secretKeyRef"], workload.name
 
 
 # --- what Tally needs from its pods -------------------------------------------------------------
@@ -226,6 +273,20 @@ def test_each_workload_environment_loads_as_valid_settings(case: str) -> None:
         assert settings.host == "0.0.0.0"
         if workload.kind == "Deployment":
             assert settings.redis_url == values["redis"]["url"]
+        if workload.name in {component_name(c) for c in TOKEN_COMPONENTS}:
+            assert settings.jwt_keys == values["secrets"]["jwtKeys"]
+            # What the service does at start-up in production; it raises without a ring.
+            assert load_signing_keys(settings).current_kid == "j1"
+        else:
+            assert settings.jwt_keys == "", workload.name
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_only_tenant_and_billing_get_the_token_signing_keys(case: str) -> None:
+    for workload, spec in pod_specs(rendered(case)):
+        names = {e["name"] for e in spec["containers"][0]["env"]}
+        wanted = workload.name in {component_name(c) for c in TOKEN_COMPONENTS}
+        assert ("TALLY_JWT_KEYS" in names) == wanted, workload.name
 
 
 def test_only_billing_and_the_worker_get_the_stripe_keys() -> None:
@@ -246,6 +307,7 @@ def test_existing_secrets_are_read_and_no_secret_is_created() -> None:
         "TALLY_DATABASE_URL": (values["postgres"]["existingSecret"], "dsn"),
         "TALLY_REDIS_URL": (values["redis"]["existingSecret"], "url"),
         "TALLY_SECRET_KEY": (values["secrets"]["existingSecret"], "secret-key"),
+        "TALLY_JWT_KEYS": (values["secrets"]["existingSecret"], "jwt-keys"),
     }
     for workload, spec in pod_specs(manifests):
         refs = {
@@ -259,6 +321,10 @@ def test_existing_secrets_are_read_and_no_secret_is_created() -> None:
         for name, ref in expected.items():
             if workload.kind == "Job" and name == "TALLY_REDIS_URL":
                 continue  # migrations need only Postgres
+            if name == "TALLY_JWT_KEYS" and workload.name not in {
+                component_name(c) for c in TOKEN_COMPONENTS
+            }:
+                continue
             assert refs[name] == ref, (workload.name, name)
 
 
@@ -543,11 +609,16 @@ def test_a_changed_setting_or_secret_rolls_the_pods() -> None:
 
     base = annotations({})
     debug = annotations({"config": {"logLevel": "debug"}})
-    rotated = annotations({"secrets": {"secretKey": "k2:" + "B" * 43 + "="}})
+    secrets = values["secrets"]
+    rotated = annotations({"secrets": {**secrets, "secretKey": "k2:" + "B" * 43 + "="}})
+    jwt_rotated = annotations(
+        {"secrets": {**secrets, "jwtKeys": "j2:" + "B" * 43 + "=," + secrets["jwtKeys"]}}
+    )
     assert debug["checksum/config"] != base["checksum/config"]
     assert debug["checksum/secret"] == base["checksum/secret"]
-    assert rotated["checksum/secret"] != base["checksum/secret"]
-    assert rotated["checksum/config"] == base["checksum/config"]
+    for changed in (rotated, jwt_rotated):
+        assert changed["checksum/secret"] != base["checksum/secret"]
+        assert changed["checksum/config"] == base["checksum/config"]
 
 
 def test_image_defaults_to_the_app_version_and_can_be_pinned_by_digest() -> None:

@@ -104,6 +104,9 @@ Fail early, at render time, with the value to set: better than pods that crash o
 {{- if and (eq (toString .Values.config.env) "production") (not .Values.secrets.secretKey) (not .Values.secrets.existingSecret) }}
 {{- fail "tally: set secrets.secretKey or secrets.existingSecret (TALLY_SECRET_KEY is required in production)" }}
 {{- end }}
+{{- if and (eq (toString .Values.config.env) "production") (not .Values.secrets.jwtKeys) (not .Values.secrets.existingSecret) }}
+{{- fail "tally: set secrets.jwtKeys or secrets.existingSecret (TALLY_JWT_KEYS is required in production)" }}
+{{- end }}
 {{- if and .Values.gateway.autoscaling.enabled (lt (int .Values.gateway.autoscaling.maxReplicas) (int .Values.gateway.autoscaling.minReplicas)) }}
 {{- fail "tally: gateway.autoscaling.maxReplicas must not be below minReplicas" }}
 {{- end }}
@@ -131,7 +134,9 @@ TALLY_HOST: "0.0.0.0"
 {{/*
 Secret-backed variables. `hook` is true for the migration Job, which runs before the release's
 own Secret exists and so reads the hook copy; values from an existing Secret are read from it.
-`stripe` adds the Stripe keys (billing and the worker only: least privilege).
+`stripe` adds the Stripe keys (billing and the worker only: least privilege). `jwt` adds the
+access-token signing keys (tenant, which issues tokens, and billing, which verifies them): a
+process holding them could mint a token for anyone, so no other gets them.
 */}}
 {{- define "tally.secretEnv" -}}
 {{- $root := .root }}
@@ -156,6 +161,17 @@ own Secret exists and so reads the hook copy; values from an existing Secret are
       {{- if ne (toString $root.Values.config.env) "production" }}
       optional: true
       {{- end }}
+{{- if .jwt }}
+- name: TALLY_JWT_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ default $own $root.Values.secrets.existingSecret }}
+      key: jwt-keys
+      {{- /* Outside production a missing ring means a key generated in the data folder. */}}
+      {{- if ne (toString $root.Values.config.env) "production" }}
+      optional: true
+      {{- end }}
+{{- end }}
 {{- if .stripe }}
 - name: TALLY_STRIPE_API_KEY
   valueFrom:
@@ -225,6 +241,9 @@ redis-url: {{ .Values.redis.url | quote }}
 {{- if not .Values.secrets.existingSecret }}
 {{- with .Values.secrets.secretKey }}
 secret-key: {{ . | quote }}
+{{- end }}
+{{- with .Values.secrets.jwtKeys }}
+jwt-keys: {{ . | quote }}
 {{- end }}
 {{- with .Values.secrets.stripeApiKey }}
 stripe-api-key: {{ . | quote }}
