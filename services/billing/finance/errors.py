@@ -1,0 +1,33 @@
+"""The finance error family, mapped to the API error shape by tally.http."""
+
+from __future__ import annotations
+
+from tally.errors import NotFound, TallyError
+
+
+class FinanceError(TallyError):
+    """Base of finance's errors."""
+
+
+class InvalidPeriod(FinanceError):
+    code = "invalid_period"
+
+
+class PeriodNotStarted(FinanceError):
+    code = "period_not_started"
+
+
+class PeriodNotEnded(FinanceError):
+    code = "period_not_ended"
+
+
+class UnknownTenant(NotFound):
+    code = "tenant_not_found"
+
+
+class DocumentNotFound(NotFound):
+    code = "document_not_found"
+
+
+class InvalidFormat(FinanceError):
+    code = "invalid_format"
