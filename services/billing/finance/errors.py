@@ -18,6 +18,7 @@ class PeriodNotStarted(FinanceError):
 
 
 class PeriodNotEnded(FinanceError):
+    status_code = 409
     code = "period_not_ended"
 
 
