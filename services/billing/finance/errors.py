@@ -32,3 +32,10 @@ class DocumentNotFound(NotFound):
 
 class InvalidFormat(FinanceError):
     code = "invalid_format"
+
+
+class CloseDeferred(FinanceError):
+    """A period's purchases or refunds are not all visible yet (a transaction still running)."""
+
+    status_code = 409
+    code = "close_deferred"

@@ -423,6 +423,20 @@ async def document_events_of_range(
     return list(await conn.fetch(_DOCUMENT_EVENTS_OF_RANGE, start, end))
 
 
+_UNDOCUMENTED_COUNT = """
+SELECT count(*) FROM events e
+WHERE e.type IN ('CreditsPurchased', 'CreditsRefunded')
+  AND e.recorded_at >= $1 AND e.recorded_at < $2 AND e.tenant_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM finance_documents d WHERE d.source_position = e.position)
+"""
+
+
+async def undocumented_count(conn: Connection, start: datetime, end: datetime) -> int:
+    """Purchases and refunds recorded in [start, end) that have no document yet."""
+    count: int = await conn.fetchval(_UNDOCUMENTED_COUNT, start, end)
+    return count
+
+
 async def documents_for_positions(conn: Connection, positions: list[int]) -> list[asyncpg.Record]:
     return list(await conn.fetch(_DOCUMENT_SOURCES, positions))
 

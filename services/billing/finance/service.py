@@ -6,6 +6,8 @@ issuing a batch of documents (with its checkpoint) and closing a period (with it
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
@@ -18,7 +20,12 @@ import msgspec
 
 from billing.finance import repository
 from billing.finance.config import FinanceConfig, Party
-from billing.finance.errors import DocumentNotFound, PeriodNotEnded, UnknownTenant
+from billing.finance.errors import (
+    CloseDeferred,
+    DocumentNotFound,
+    PeriodNotEnded,
+    UnknownTenant,
+)
 from billing.finance.fold import LotState, PeriodFold, fold_period
 from billing.finance.period import Period, local_date, period_of, require_started
 from billing.finance.repository import DocumentRow, StatementRow, TenantRow, UsageAggregate
@@ -608,8 +615,14 @@ class FinanceService:
         target: Period,
         *,
         now: datetime | None = None,
+        wait_seconds: float = 10.0,
     ) -> CloseResult:
-        """Close `target` and every earlier month not closed yet, oldest first."""
+        """Close `target` and every earlier month not closed yet, oldest first.
+
+        Every purchase and refund of those months is invoiced first. One still hidden behind
+        a running transaction (the log is read gap-safely) defers the close: `CloseDeferred`
+        after `wait_seconds`, and the next run tries again.
+        """
         now = now or datetime.now(UTC)
         tz = config.tz
         grace = timedelta(minutes=config.close_grace_minutes)
@@ -619,7 +632,9 @@ class FinanceService:
                 " UTC on",
                 param="period",
             )
-        issued = await self.issue_pending_documents(pool, config, now=now)
+        issued = await self._issue_everything_before(
+            pool, config, target.ends_at(tz), now, wait_seconds
+        )
         async with pool.acquire() as conn:
             first_at = await repository.first_event_at(conn)
             already = {row["period"] for row in await repository.period_rows(conn)}
@@ -634,6 +649,29 @@ class FinanceService:
                     closed.append(result)
             period = period.next()
         return CloseResult(closed=closed, documents_issued=issued)
+
+    async def _issue_everything_before(
+        self,
+        pool: asyncpg.Pool,
+        config: FinanceConfig,
+        end: datetime,
+        now: datetime,
+        wait_seconds: float,
+    ) -> int:
+        issued = 0
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            issued += await self.issue_pending_documents(pool, config, now=now)
+            async with pool.acquire() as conn:
+                missing = await repository.undocumented_count(conn, EPOCH, end)
+            if missing == 0:
+                return issued
+            if time.monotonic() >= deadline:
+                raise CloseDeferred(
+                    f"{missing} purchase(s) or refund(s) before {end:%Y-%m-%d} are not visible"
+                    " yet (a transaction is still running); the close will be retried",
+                )
+            await asyncio.sleep(0.2)
 
     async def _close_one(
         self, pool: asyncpg.Pool, config: FinanceConfig, period: Period

@@ -10,7 +10,11 @@ from arq import cron
 from arq.worker import func
 
 from billing.finance.config import finance_config
+from billing.finance.errors import CloseDeferred
 from billing.finance.service import finance_service
+from tally.log import get_logger
+
+log = get_logger(__name__)
 
 
 async def issue_documents(ctx: dict[str, Any]) -> int:
@@ -37,6 +41,9 @@ async def close_periods(ctx: dict[str, Any]) -> list[str]:
             ctx["pool"], finance_config(ctx["settings"])
         )
         return [closed.period for closed in result.closed]
+    except CloseDeferred as exc:
+        log.warning("finance close deferred", reason=exc.message)
+        return []
     finally:
         structlog.contextvars.clear_contextvars()
 
