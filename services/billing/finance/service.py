@@ -544,12 +544,17 @@ class FinanceService:
         tenants: list[TenantRow],
         *,
         final: bool,
+        whole_history: bool = False,
     ) -> ComputedPeriod:
-        """Statements of `tenants` for `period`, folded from the log (LOG SOURCE figures)."""
+        """Statements of `tenants` for `period`, folded from the log (LOG SOURCE figures).
+
+        The opening credits come from the previous month's closed statements, or, when it is
+        not closed or `whole_history` asks for it, from folding everything before the period.
+        """
         tz = config.tz
         start, end = period.starts_at(tz), period.ends_at(tz)
         only = tenants[0].id if len(tenants) == 1 else None
-        openings = await self._opening_states(conn, config, period, only)
+        openings = await self._opening_states(conn, config, period, only, whole_history)
         items = await repository.fold_items(conn, start, end, config.timezone, only)
         usage = await repository.usage_by_model(conn, start, end, only)
         usage_by_tenant: dict[UUID, list[UsageAggregate]] = defaultdict(list)
@@ -568,10 +573,15 @@ class FinanceService:
         return ComputedPeriod(statements=statements, folds=folds, usage=usage)
 
     async def _opening_states(
-        self, conn: Connection, config: FinanceConfig, period: Period, only: UUID | None
+        self,
+        conn: Connection,
+        config: FinanceConfig,
+        period: Period,
+        only: UUID | None,
+        whole_history: bool,
     ) -> dict[UUID, LotState]:
         previous = period.previous()
-        if await repository.period_row(conn, str(previous)) is not None:
+        if not whole_history and await repository.period_row(conn, str(previous)) is not None:
             return await repository.closing_states(conn, str(previous), only)
         # No closed month to start from: fold the tenant's whole history up to the period.
         items = await repository.fold_items(
@@ -736,8 +746,10 @@ class FinanceService:
         require_started(period, tz, now or datetime.now(UTC))
         status = await self.period_status(conn, period)
         tenants = await repository.tenants_created_before(conn, period.ends_at(tz))
+        # The whole history, never a stored opening: this is what the stored figures are
+        # checked against.
         computed = await self.compute_period(
-            conn, config, period, tenants, final=status == "closed"
+            conn, config, period, tenants, final=status == "closed", whole_history=True
         )
         checks: list[ReconciliationCheck] = []
 

@@ -61,7 +61,9 @@ async def add_tenant(
         mode,
         f"billing@{name.lower().replace(' ', '-')}.example",
         tax_id,
-        address if address is not None else {"line1": "Street 1", "city": "Town", "postal_code": "1"},
+        address
+        if address is not None
+        else {"line1": "Street 1", "city": "Town", "postal_code": "1"},
         country,
         created_at,
     )
@@ -135,7 +137,9 @@ def used(
         key_id=uuid.UUID(int=1),
         model=model,
         endpoint="/v1/chat/completions",
-        usage=TokenUsage(input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output),
+        usage=TokenUsage(
+            input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output
+        ),
         price_version=1,
         charge_nano=charge_nano,
         base_nano=base_nano,
@@ -147,7 +151,7 @@ def used(
 
 
 def at(day: str) -> datetime:
-    """"2025-03-10" or "2025-03-10T12:00" as a UTC instant."""
+    """ "2025-03-10" or "2025-03-10T12:00" as a UTC instant."""
     return datetime.fromisoformat(day).replace(tzinfo=UTC)
 
 

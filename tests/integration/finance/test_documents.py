@@ -137,9 +137,7 @@ async def test_document_numbers_stay_gap_free_under_concurrent_issuers_and_rollb
         for row in await pool.fetch("SELECT number FROM finance_documents ORDER BY number")
     ]
     assert numbers == list(range(1, 61))
-    purchases = await pool.fetch(
-        "SELECT d.source_id FROM finance_documents d ORDER BY d.number"
-    )
+    purchases = await pool.fetch("SELECT d.source_id FROM finance_documents d ORDER BY d.number")
     # Numbers follow the log's order.
     assert [row["source_id"] for row in purchases] == [f"cs_{n}" for n in range(60)]
 

@@ -185,9 +185,7 @@ def _event(kind: int, n: int, amount: int, grants: list[uuid.UUID]) -> MoneyEven
     )
 
 
-steps = st.lists(
-    st.tuples(st.integers(0, 5), st.integers(1, 10**12)), min_size=0, max_size=40
-)
+steps = st.lists(st.tuples(st.integers(0, 5), st.integers(1, 10**12)), min_size=0, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
@@ -206,7 +204,8 @@ def test_every_fold_conserves_credits_and_chains_across_periods(
     # lots and debt always explain the balance; usage is paid + promotional + unfunded
     closing = whole.closing
     assert closing.balance_nano == (
-        closing.outstanding_nano("paid") + closing.outstanding_nano("promotional")
+        closing.outstanding_nano("paid")
+        + closing.outstanding_nano("promotional")
         - closing.debt_nano
     )
     moves = whole.moves

@@ -81,7 +81,9 @@ def test_currency_minor_units() -> None:
     assert format_minor(1234, "KWD") == "1.234"
 
 
-@pytest.mark.parametrize("text", ["2025-13", "2025-00", "25-01", "2025/01", "", "abcd-ef", "1999-12"])
+@pytest.mark.parametrize(
+    "text", ["2025-13", "2025-00", "25-01", "2025/01", "", "abcd-ef", "1999-12"]
+)
 def test_malformed_periods_are_refused(text: str) -> None:
     with pytest.raises(InvalidPeriod):
         Period.parse(text)
