@@ -16,7 +16,8 @@ from uuid import UUID
 import asyncpg
 from litestar import Response, Router, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from billing.finance.config import FinanceConfig, finance_config
@@ -123,7 +124,7 @@ async def list_closed_periods(state: State) -> list[ClosedPeriod]:
     guards=[require_platform_role(*_FINANCE_ROLES)],
     status_code=200,
 )
-async def close_period(state: State, period: str) -> CloseResult:
+async def close_period(state: State, period: FromPath[str]) -> CloseResult:
     """Close `period` (and any earlier open one) and issue its statements; idempotent."""
     config = _config(state)
     return await finance_service.close_through(state.pool, config, Period.parse(period))
@@ -131,7 +132,7 @@ async def close_period(state: State, period: str) -> CloseResult:
 
 @get("/periods/{period:str}/documents", guards=[require_platform_role(*_FINANCE_ROLES)])
 async def export_period_documents(
-    state: State, period: str, format: ExportFormat = "csv"
+    state: State, period: FromPath[str], format: FromQuery[ExportFormat] = "csv"
 ) -> Stream:
     """Every tenant's invoices and credit notes of the period: CSV, JSON or a ZIP of PDFs."""
     config = _config(state)
@@ -145,7 +146,7 @@ async def export_period_documents(
 
 @get("/periods/{period:str}/statements", guards=[require_platform_role(*_FINANCE_ROLES)])
 async def export_period_statements(
-    state: State, period: str, format: ExportFormat = "csv"
+    state: State, period: FromPath[str], format: FromQuery[ExportFormat] = "csv"
 ) -> Stream:
     """Every tenant's statement of the period: CSV, JSON or a ZIP of PDFs."""
     config = _config(state)
@@ -173,7 +174,7 @@ async def export_period_statements(
 
 
 @get("/periods/{period:str}/reconciliation", guards=[require_platform_role(*_FINANCE_ROLES)])
-async def reconciliation(state: State, period: str) -> ReconciliationReport:
+async def reconciliation(state: State, period: FromPath[str]) -> ReconciliationReport:
     """Revenue by model and tenant, provider costs, margin, liability, and the checks."""
     config = _config(state)
     parsed = _period(period, config)
@@ -188,10 +189,10 @@ async def reconciliation(state: State, period: str) -> ReconciliationReport:
 @get("/tenants/{tenant_id:uuid}/periods/{period:str}/documents")
 async def export_tenant_documents(
     state: State,
-    principal: Principal,
-    tenant_id: UUID,
-    period: str,
-    format: ExportFormat = "csv",
+    principal: NamedDependency[Principal],
+    tenant_id: FromPath[UUID],
+    period: FromPath[str],
+    format: FromQuery[ExportFormat] = "csv",
 ) -> Stream:
     """A tenant's invoices and credit notes of the period: CSV, JSON or a ZIP of PDFs."""
     _authorize_tenant(principal, tenant_id)
@@ -212,10 +213,10 @@ StatementFormat = Literal["json", "csv", "pdf"]
 @get("/tenants/{tenant_id:uuid}/periods/{period:str}/statement")
 async def tenant_statement(
     state: State,
-    principal: Principal,
-    tenant_id: UUID,
-    period: str,
-    format: StatementFormat = "json",
+    principal: NamedDependency[Principal],
+    tenant_id: FromPath[UUID],
+    period: FromPath[str],
+    format: FromQuery[StatementFormat] = "json",
 ) -> Response[Any]:
     """A tenant's statement of the period (provisional while the period is open)."""
     _authorize_tenant(principal, tenant_id)
@@ -251,7 +252,10 @@ DocumentFormat = Literal["json", "pdf"]
 
 @get("/documents/{document_id:uuid}")
 async def get_document(
-    state: State, principal: Principal, document_id: UUID, format: DocumentFormat = "json"
+    state: State,
+    principal: NamedDependency[Principal],
+    document_id: FromPath[UUID],
+    format: FromQuery[DocumentFormat] = "json",
 ) -> Response[Any]:
     """One invoice or credit note, as JSON or PDF."""
     async with state.pool.acquire() as conn:
@@ -269,7 +273,7 @@ async def get_document(
 
 
 @get("/schemas/{name:str}")
-async def get_schema(name: str) -> dict[str, Any]:
+async def get_schema(name: FromPath[str]) -> dict[str, Any]:
     """The JSON Schema of a finance JSON format: document, document-export, statement, ..."""
     if name not in SCHEMAS:
         raise InvalidFormat(
