@@ -39,6 +39,7 @@ from tally.cli import CommandError, add_json_flag, emit
 from tally.config import SettingsError, get_settings
 from tally.db import create_pool
 from tally.errors import TallyError
+from tally.log import configure_logging
 
 T = TypeVar("T")
 _EXTENSION = {"csv": "csv", "json": "json", "pdf": "zip"}
@@ -49,6 +50,7 @@ def _run(work: Callable[[asyncpg.Pool, FinanceConfig], Awaitable[T]]) -> T:
     if not settings.database_url:
         raise SettingsError("TALLY_DATABASE_URL: required by finance commands")
     config = finance_config(settings)
+    configure_logging(settings)  # log lines go to stderr: stdout is the command's result
 
     async def main() -> T:
         pool = await create_pool(settings, min_size=1, max_size=2)
@@ -149,8 +151,17 @@ def _cmd_invoice_export(args: argparse.Namespace) -> int:
         }
 
     result = _run(work)
-    emit(args, result, f"wrote {result['documents']} document(s) to {result['path']}")
+    _summary(args, result, f"wrote {result['documents']} document(s) to {result['path']}")
     return 0
+
+
+def _summary(args: argparse.Namespace, result: dict[str, Any], human: str) -> None:
+    # With `--out -` stdout carries the export itself; the summary goes to stderr.
+    if args.out == "-":
+        text = msgspec.json.encode(result).decode() if args.json else human
+        print(text, file=sys.stderr)  # noqa: T201
+    else:
+        emit(args, result, human)
 
 
 def _pdf_of_document(config: FinanceConfig) -> Callable[[FinanceDocument], bytes]:
@@ -208,7 +219,7 @@ def _cmd_statement_export(args: argparse.Namespace) -> int:
         }
 
     result = _run(work)
-    emit(args, result, f"wrote {result['statements']} statement(s) to {result['path']}")
+    _summary(args, result, f"wrote {result['statements']} statement(s) to {result['path']}")
     return 0
 
 
