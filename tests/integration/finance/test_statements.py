@@ -114,7 +114,7 @@ async def test_statement_lines_sum_to_the_change_in_balance_to_the_nano_credit(
     assert april.opening_balance_nano == march.closing_balance_nano
     assert april.opening_balance_nano + statement_lines_sum(april) == april.closing_balance_nano
     # The grant was used up in March, so its expiry removes nothing.
-    assert [(l.kind, l.amount_nano) for l in april.money_lines][:1] == [("expiry", 0)]
+    assert [(m.kind, m.amount_nano) for m in april.money_lines][:1] == [("expiry", 0)]
 
 
 async def test_a_period_without_activity_gives_a_valid_empty_statement(
