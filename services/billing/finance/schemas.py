@@ -20,7 +20,6 @@ from billing.finance.fold import MoneyLineKind
 DocumentKind = Literal["invoice", "credit_note"]
 PeriodStatus = Literal["open", "closed"]
 
-__all__ = ["Party"]
 
 
 class DocumentReference(msgspec.Struct, frozen=True, kw_only=True):

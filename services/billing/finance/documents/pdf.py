@@ -143,7 +143,8 @@ def _table(
     *,
     size: float = 8.5,
 ) -> None:
-    pdf.font(size, bold=True)
+    # Body rows in the regular face; the headings' face comes from headings_style.
+    pdf.font(size)
     pdf.set_fill_color(*_HEAD_FILL)
     with pdf.table(
         col_widths=tuple(widths),
@@ -288,11 +289,14 @@ def render_statement_pdf(statement: Statement, config: FinanceConfig) -> bytes:
             ("Period", statement.period),
             ("Status", statement.status),
             ("Time zone", statement.timezone),
-            ("Tenant", str(statement.tenant_id)),
         ],
     )
     pdf.font(11, bold=True)
     pdf.line_text(statement.tenant_name, h=6)
+    pdf.font(8)
+    pdf.set_text_color(*_GREY)
+    pdf.line_text(f"Tenant {statement.tenant_id}")
+    pdf.set_text_color(0, 0, 0)
     pdf.ln(2)
     pdf.font(9)
     pdf.line_text(
