@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage clean
+.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,13 +32,16 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog bench-eventlog-storage  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-eventlog-storage bench-finance  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
 
 bench-eventlog-storage: $(VENV)/.synced  ## bytes on disk per usage event, for sizing Postgres
 	$(VENV)/bin/python -m bench.eventlog.storage
+
+bench-finance: $(VENV)/.synced
+	$(VENV)/bin/python -m bench.finance.run
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache
