@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,6 +37,7 @@ from gateway.errors import (
 from gateway.providers.inbound import anthropic_inbound
 from gateway.service import Gateway, Send
 from tally.errors import ErrorBody, ErrorResponse, TallyError
+from tally.http import HTTP_LATENCY, HTTP_REQUESTS
 from tally.log import get_logger
 
 log = get_logger(__name__)
@@ -218,6 +220,25 @@ class FastPath:
         if scope["type"] != "http" or gateway is None or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)  # type: ignore[arg-type]
             return
+        started = time.perf_counter()
+        status = 500
+
+        async def counted_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        path = scope["path"]
+        try:
+            await self._serve(gateway, scope, receive, counted_send)
+        finally:
+            # The same series tally.http's middleware records for Litestar routes.
+            route = path if path in V1_ROUTES else "unmatched"
+            HTTP_REQUESTS.labels("gateway", route, scope["method"], str(status)).inc()
+            HTTP_LATENCY.labels("gateway", route).observe(time.perf_counter() - started)
+
+    async def _serve(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
         # The gateway always makes its own request id: a caller's x-request-id would let two
         # requests share a usage event's idempotency key. The caller's id is only logged.
         request_id = self.request_ids.next()
@@ -227,30 +248,22 @@ class FastPath:
         if "x-request-id" in headers:
             structlog.contextvars.bind_contextvars(client_request_id=headers["x-request-id"][:128])
         extra = [(b"x-request-id", request_id.encode())]
-        route = V1_ROUTES.get(scope["path"])
-        send_any: Send = send
+        path = scope["path"]
+        route = V1_ROUTES.get(path)
         try:
             if route is None:
-                raise NotFound(f"Unknown endpoint {scope['path']}.", code="unknown_url")
+                raise NotFound(f"Unknown endpoint {path}.", code="unknown_url")
             method, flow = route
             if scope["method"] != method:
-                raise MethodNotAllowed(f"{scope['path']} accepts {method} only.")
+                raise MethodNotAllowed(f"{path} accepts {method} only.")
             body = await read_body(receive, headers, self.max_body) if method == "POST" else b""
         except TallyError as exc:
-            await send_error(send_any, exc, extra, error_encoder(scope["path"]))
+            await send_error(send, exc, extra, error_encoder(path))
             return
         except asyncio.CancelledError:
             return
         await run_flow(
-            gateway,
-            flow,
-            request_id,
-            headers,
-            body,
-            receive,
-            send_any,
-            extra,
-            error_encoder(scope["path"]),
+            gateway, flow, request_id, headers, body, receive, send, extra, error_encoder(path)
         )
 
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
+from uuid import UUID
 
 import asyncpg
 import redis.asyncio as redis
@@ -171,6 +172,7 @@ class Meter:
         self._fold_shards = fold_shards
         self._hold_ttl = hold_ttl_s
         self._append_timeout = append_timeout_s
+        self._balance_loads: dict[UUID, asyncio.Task[None]] = {}
 
     # --- admission ----------------------------------------------------------------------------
 
@@ -273,8 +275,20 @@ class Meter:
         raise Unavailable(f"Admission failed ({refused.status}).")
 
     async def _load_balance(self, call: Call) -> None:
-        """Redis lost the tenant's live balance: rebuild it from Postgres."""
+        """Redis lost the tenant's live balance: rebuild it from Postgres.
+
+        Concurrent requests of one tenant share a single rebuild: the unfolded tail can be
+        long (the fold behind), and every request loading it at once would multiply that.
+        """
         tenant_id = call.caller.tenant_id
+        pending = self._balance_loads.get(tenant_id)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_task(self._rebuild_balance(tenant_id))
+            self._balance_loads[tenant_id] = pending
+            pending.add_done_callback(lambda _: self._balance_loads.pop(tenant_id, None))
+        await asyncio.shield(pending)
+
+    async def _rebuild_balance(self, tenant_id: UUID) -> None:
         try:
             async with self._pool.acquire() as conn:
                 seq, balance, unfolded = await live_balance_from_postgres(

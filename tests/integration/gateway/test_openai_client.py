@@ -290,3 +290,15 @@ async def test_the_litestar_routes_serve_the_same_api_without_the_fast_path(
         await world.client.close()
     finally:
         server.stop()
+
+
+async def test_fast_path_requests_are_counted_in_the_http_metrics(
+    world: World, gateway_server: GatewayServer
+) -> None:
+    await world.client.chat.completions.create(model=world.model, messages=MESSAGES)
+    async with httpx.AsyncClient(base_url=gateway_server.url) as http:
+        exposition = (await http.get("/metrics")).text
+    assert (
+        'tally_http_requests_total{method="POST",route="/v1/chat/completions",'
+        'service="gateway",status="200"}'
+    ) in exposition
