@@ -288,11 +288,20 @@ class ScriptBatcher:
         self._running = False
 
     async def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, [len(keys), *keys, *args], future))
+        argv = [len(keys), *keys, *args]
         if not self._running:
+            # Nothing in flight: send this one now, no queue and no task. Calls arriving
+            # meanwhile queue up and go out together once it returns.
             self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            try:
+                return await self._one(script, argv)
+            finally:
+                if self._queue:
+                    asyncio.get_running_loop().create_task(self._drain())
+                else:
+                    self._running = False
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((script, argv, future))
         return await future
 
     async def _drain(self) -> None:
