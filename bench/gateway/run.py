@@ -232,7 +232,8 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
                 )
                 scripts[kind, target] = str(path)
         # Warm-up: connections, caches, the live balance, JIT-free but allocator-warm.
-        wrk(gateway_url + "/v1/chat/completions", scripts["plain", "gateway"], 32, 3)
+        warm = wrk(gateway_url + "/v1/chat/completions", scripts["plain", "gateway"], 32, 3)
+        completed = warm.requests - warm.errors
         print(
             f"{'case':<8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'direct p50':>10} {'direct p99':>10} {'added p50':>9} {'added p99':>9} "
@@ -248,6 +249,7 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
                     gateway_url + "/v1/chat/completions", scripts[kind, "gateway"], conns, seconds
                 )
                 cpu = (cpu_seconds(gateway.pid) - before) / max(through.requests, 1) * 1000
+                completed += through.requests - through.errors
                 print(
                     f"{kind:<8} {conns:>5} {through.rps:>9,.0f} {through.p50_ms:>8.2f} "
                     f"{through.p99_ms:>8.2f} {direct.p50_ms:>10.2f} {direct.p99_ms:>10.2f} "
@@ -266,13 +268,19 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
                     gateway_url + "/v1/chat/completions", scripts["plain", "gateway"], 32, 20
                 )
                 done += result.requests
+                completed += result.requests - result.errors
                 samples.append((done, rss_mib(gateway.pid)))
                 print(f"  after {done:>9,} requests: RSS {samples[-1][1]:.1f} MiB", flush=True)
             print(
                 f"RSS after warm-up {start_rss:.1f} MiB, "
                 f"after {done:,} requests {samples[-1][1]:.1f} MiB"
             )
-        asyncio.run(count_events(db_url))
+        recorded = asyncio.run(count_events(db_url))
+        # wrk counts a response once it is complete; each must have its usage event (more
+        # events are fine: requests cut off when a wrk run ends still finish server-side).
+        print(f"usage events recorded: {recorded:,} for {completed:,} completed responses")
+        if recorded < completed:
+            sys.exit("FAILED: fewer usage events than completed responses")
     finally:
         if gateway is not None:
             stop(gateway)
@@ -291,11 +299,11 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
     )
 
 
-async def count_events(url: str) -> None:
+async def count_events(url: str) -> int:
     conn = await asyncpg.connect(url)
-    count = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'UsageRecorded'")
+    count: int = await conn.fetchval("SELECT count(*) FROM events WHERE type = 'UsageRecorded'")
     await conn.close()
-    print(f"usage events recorded: {count:,}")
+    return count
 
 
 if __name__ == "__main__":
