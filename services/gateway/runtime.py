@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import redis.asyncio as redis
 from litestar import Litestar
 
@@ -24,6 +25,7 @@ from gateway.service import Gateway
 from gateway.upstream import COOLDOWN_CHANNEL, Cooldowns, Upstream
 from tally.config import Settings
 from tally.crypto import load_key_ring
+from tally.db import create_pool
 from tally.eventlog import GroupCommitAppender
 from tally.invalidation import CHANNEL, Invalidation, decode_invalidation
 from tally.log import get_logger
@@ -104,6 +106,10 @@ class InvalidationListener:
             gateway.prices.clear()
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool reset that sends nothing (asyncpg still rolls back an open transaction itself)."""
+
+
 @contextlib.asynccontextmanager
 async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
     """Build the gateway on the pool and Redis client `tally.http` opened."""
@@ -119,7 +125,10 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
     )
     catalog = CatalogCache(pool, ring, ttl_s=settings.gateway_cache_ttl_s)
     prices = PriceCache(pool, ttl_s=settings.gateway_cache_ttl_s)
-    appender = GroupCommitAppender(pool, max_batch=settings.event_batch_max)
+    # The usage events get their own small pool whose connections skip asyncpg's reset query
+    # on release (a round trip per batch): the appender leaves no session state behind.
+    append_pool = await create_pool(settings, min_size=1, max_size=4, reset=_keep_session)
+    appender = GroupCommitAppender(append_pool, max_batch=settings.event_batch_max)
     health = PostgresHealth(pool)
     meter = Meter(
         pool=pool,
@@ -169,5 +178,6 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
             fast_path.gateway = None
         await listener.stop()
         await appender.close()
+        await append_pool.close()
         await upstream.close()
         await health.close()
