@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from billing.payments.endpoints import payments_lifespan, payments_router
+from tally.auth import load_signing_keys
+from tally.config import Settings, get_settings
 from tally.http import create_service_app
 
 
-def create_app() -> Litestar:
-    return create_service_app("billing")
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    app = create_service_app(
+        "billing", [payments_router], settings=settings, lifespan=[payments_lifespan]
+    )
+    app.state.signing_keys = load_signing_keys(settings)
+    return app
