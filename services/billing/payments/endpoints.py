@@ -16,9 +16,9 @@ from arq.connections import RedisSettings
 from litestar import Litestar, Request, Router, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from billing.payments.autotopup import AutoTopups
 from billing.payments.reconciliation import Reconciliation
@@ -45,7 +45,9 @@ from tally.errors import Forbidden
 from tally.events.tenant import Actor
 from tally.http import bind_tenant
 
-Limit = Annotated[int, Parameter(ge=1, le=200, description="Most items to return")]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Most items to return")]
+Runtime = NamedDependency[PaymentsRuntime]
+Caller = NamedDependency[Principal]
 
 
 @asynccontextmanager
@@ -87,7 +89,7 @@ def _tenant_role(min_role: TenantRole) -> Any:
     return guard
 
 
-def _actor(principal: Principal) -> Actor:
+def _actor(principal: Caller) -> Actor:
     return Actor(kind="user", id=str(principal.user_id))
 
 
@@ -96,31 +98,31 @@ _TENANT = "/billing/tenants/{tenant_id:uuid}"
 
 @post(f"{_TENANT}/checkout-sessions", guards=[_tenant_role("admin")], status_code=201)
 async def create_checkout_session(
-    tenant_id: UUID, data: CheckoutRequest, principal: Principal, runtime: PaymentsRuntime
+    tenant_id: FromPath[UUID], data: JSONBody[CheckoutRequest], principal: Caller, runtime: Runtime
 ) -> CheckoutCreated:
     """Start buying credits: a Stripe Checkout Session for a pack or a custom amount."""
     return await PaymentsService(runtime).create_checkout(tenant_id, data, _actor(principal))
 
 
 @get(f"{_TENANT}/orders", guards=[_tenant_role("member")])
-async def list_orders(tenant_id: UUID, runtime: PaymentsRuntime, limit: Limit = 50) -> OrderList:
+async def list_orders(tenant_id: FromPath[UUID], runtime: Runtime, limit: Limit = 50) -> OrderList:
     """The tenant's purchases and top-ups, newest first."""
     return await PaymentsService(runtime).list_orders(tenant_id, limit)
 
 
 @get(f"{_TENANT}/orders/{{order_id:uuid}}", guards=[_tenant_role("member")])
-async def get_order(tenant_id: UUID, order_id: UUID, runtime: PaymentsRuntime) -> Order:
+async def get_order(tenant_id: FromPath[UUID], order_id: FromPath[UUID], runtime: Runtime) -> Order:
     return await PaymentsService(runtime).get_order(tenant_id, order_id)
 
 
 @get(f"{_TENANT}/auto-topup", guards=[_tenant_role("member")])
-async def get_auto_topup(tenant_id: UUID, runtime: PaymentsRuntime) -> AutoTopup:
+async def get_auto_topup(tenant_id: FromPath[UUID], runtime: Runtime) -> AutoTopup:
     return await AutoTopups(runtime).get(tenant_id)
 
 
 @put(f"{_TENANT}/auto-topup", guards=[_tenant_role("admin")])
 async def set_auto_topup(
-    tenant_id: UUID, data: AutoTopupRequest, principal: Principal, runtime: PaymentsRuntime
+    tenant_id: FromPath[UUID], data: JSONBody[AutoTopupRequest], principal: Caller, runtime: Runtime
 ) -> AutoTopup:
     """Turn auto top-up on (threshold, pack, saved card) or off."""
     return await AutoTopups(runtime).configure(tenant_id, data, _actor(principal))
@@ -128,7 +130,7 @@ async def set_auto_topup(
 
 @get(f"{_TENANT}/payment-notifications", guards=[_tenant_role("member")])
 async def list_payment_notifications(
-    tenant_id: UUID, runtime: PaymentsRuntime, limit: Limit = 50
+    tenant_id: FromPath[UUID], runtime: Runtime, limit: Limit = 50
 ) -> NotificationList:
     """Failed payments and auto top-up changes the tenant should know about."""
     return await PaymentsService(runtime).list_notifications(tenant_id, limit)
@@ -136,7 +138,7 @@ async def list_payment_notifications(
 
 @get("/billing/packs", guards=[_authenticated])
 async def list_packs(
-    principal: Principal, runtime: PaymentsRuntime, include_archived: bool = False
+    principal: Caller, runtime: Runtime, include_archived: FromQuery[bool] = False
 ) -> PackList:
     """The packs on sale and the custom-amount rule (archived ones too, for operators)."""
     if include_archived and not principal.has_platform_role("operator", "finance"):
@@ -146,7 +148,7 @@ async def list_packs(
 
 @post("/billing/packs", guards=[require_platform_role("operator")], status_code=201)
 async def create_pack(
-    data: CreatePackRequest, principal: Principal, runtime: PaymentsRuntime
+    data: JSONBody[CreatePackRequest], principal: Caller, runtime: Runtime
 ) -> Pack:
     return await PaymentsService(runtime).create_pack(data, _actor(principal))
 
@@ -156,22 +158,20 @@ async def create_pack(
     guards=[require_platform_role("operator")],
     status_code=200,
 )
-async def archive_pack(pack_id: UUID, principal: Principal, runtime: PaymentsRuntime) -> Pack:
+async def archive_pack(pack_id: FromPath[UUID], principal: Caller, runtime: Runtime) -> Pack:
     return await PaymentsService(runtime).archive_pack(pack_id, _actor(principal))
 
 
 @post("/billing/reconciliation/runs", guards=[require_platform_role("operator")], status_code=202)
 async def request_reconciliation(
-    data: ReconciliationRequest, runtime: PaymentsRuntime
+    data: JSONBody[ReconciliationRequest], runtime: Runtime
 ) -> ReconciliationRun:
     """Queue a comparison of Stripe's payments and refunds with the log for a period."""
     return await Reconciliation(runtime).request(data.period_start, data.period_end)
 
 
 @get("/billing/reconciliation/runs", guards=[require_platform_role("operator", "finance")])
-async def list_reconciliation_runs(
-    runtime: PaymentsRuntime, limit: Limit = 50
-) -> ReconciliationRunList:
+async def list_reconciliation_runs(runtime: Runtime, limit: Limit = 50) -> ReconciliationRunList:
     return await Reconciliation(runtime).list_runs(limit)
 
 
@@ -179,15 +179,13 @@ async def list_reconciliation_runs(
     "/billing/reconciliation/runs/{run_id:uuid}",
     guards=[require_platform_role("operator", "finance")],
 )
-async def get_reconciliation_run(run_id: UUID, runtime: PaymentsRuntime) -> ReconciliationRun:
+async def get_reconciliation_run(run_id: FromPath[UUID], runtime: Runtime) -> ReconciliationRun:
     """One run with every mismatch it found."""
     return await Reconciliation(runtime).get(run_id)
 
 
 @post("/webhooks/stripe", status_code=200, include_in_schema=True)
-async def stripe_webhook(
-    request: Request[Any, Any, Any], runtime: PaymentsRuntime
-) -> WebhookReceived:
+async def stripe_webhook(request: Request[Any, Any, Any], runtime: Runtime) -> WebhookReceived:
     """Stripe's events: verified, stored once, processed by a job. 400 if not Stripe's."""
     payload = await request.body()
     signature = request.headers.get("stripe-signature")
