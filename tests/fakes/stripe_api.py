@@ -150,6 +150,7 @@ class FakeStripe:
         self._inflight: set[str] = set()
         self._faults: list[Fault] = []
         self._runner: web.AppRunner | None = None
+        self._path = ""
 
     # --- server -------------------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ class FakeStripe:
     def _route(
         self, method: str, path: str, params: dict[str, Any], key: str | None
     ) -> dict[str, Any]:
+        self._path = path
         parts = [p for p in path.split("/") if p][1:]  # drop "v1"
         match method, parts:
             case "POST", ["customers"]:
@@ -373,7 +375,8 @@ class FakeStripe:
             "object": "list",
             "data": [copy.deepcopy(o) for o in page],
             "has_more": has_more,
-            "url": "/v1/...",
+            # The client pages on with this path (and starting_after).
+            "url": self._path,
         }
 
     # --- objects ------------------------------------------------------------------------------
@@ -605,7 +608,8 @@ class FakeStripe:
             raise StripeFakeError(
                 400,
                 "invalid_request_error",
-                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})",
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge"
+                f" ({remaining})",
                 param="amount",
             )
         refund = {

@@ -672,11 +672,11 @@ SHARD_OF = "SELECT mod(hashtextextended($1::text, 0) & 9223372036854775807, $2):
 # a fold that commits in between.
 BALANCE_FROM_LOG = """
 WITH checkpoint AS (
-    SELECT coalesce((SELECT (txid, position) FROM consumer_checkpoints WHERE consumer = $2),
-                    ('0'::xid8, 0::bigint)) AS at
+    SELECT coalesce((SELECT txid FROM consumer_checkpoints WHERE consumer = $2), '0') AS txid,
+           coalesce((SELECT position FROM consumer_checkpoints WHERE consumer = $2), 0) AS position
 ), unfolded AS (
-    SELECT e.type, e.data FROM events e
-    WHERE e.tenant_id = $1 AND (e.txid, e.position) > (SELECT at FROM checkpoint)
+    SELECT e.type, e.data FROM events e, checkpoint c
+    WHERE e.tenant_id = $1 AND (e.txid, e.position) > (c.txid, c.position)
       AND e.type IN ('CreditsPurchased', 'CreditsGranted', 'BalanceAdjusted', 'CreditsRefunded',
                      'CreditsFrozen', 'UsageRecorded')
 )
