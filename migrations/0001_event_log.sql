@@ -9,7 +9,9 @@ CREATE TABLE events (
     schema_version smallint NOT NULL,
     tenant_id uuid,
     idempotency_key text NOT NULL,
-    data jsonb NOT NULL,
+    -- json, not jsonb: the log is written far more than it is queried, and json stores the
+    -- text as given (cheaper to append, no re-serialisation on read).
+    data json NOT NULL,
     recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     CONSTRAINT events_idempotency_key_key UNIQUE (idempotency_key)
 );

@@ -85,6 +85,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from tally.config import settings_markdown, settings_reference
+
+    if args.markdown:
+        print(settings_markdown(), end="")  # noqa: T201
+    else:
+        for variable, default, description in settings_reference():
+            print(f"{variable}={default.strip(chr(39))}\t# {description}")  # noqa: T201
+    return 0
+
+
 def _cmd_worker(_args: argparse.Namespace) -> int:
     from tally.worker import run
 
@@ -105,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=SERVICES)
     serve.set_defaults(handler=_cmd_serve)
     commands.add_parser("worker", help="run a background worker").set_defaults(handler=_cmd_worker)
+    settings = commands.add_parser("settings", help="list every TALLY_* setting")
+    settings.add_argument("--markdown", action="store_true", help="the docs reference table")
+    settings.set_defaults(handler=_cmd_settings)
     for module_name in COMMAND_MODULES:
         if _module_exists(module_name):
             importlib.import_module(module_name).register(commands)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import msgspec
 import prometheus_client
 import redis.asyncio as redis
@@ -92,6 +93,16 @@ def _on_http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return error_response(exc.status_code, exc.detail, code=code, headers=exc.headers)
 
 
+def _on_dependency_down(_request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.warning("dependency unavailable", error=f"{type(exc).__name__}: {exc}")
+    return error_response(
+        503,
+        "a backing service is unavailable; retry shortly",
+        code="service_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error", path=request.url.path)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal error", code="internal_error")
@@ -101,40 +112,72 @@ EXCEPTION_HANDLERS: dict[Any, Callable[..., Response[bytes]]] = {
     TallyError: _on_tally_error,
     ValidationException: _on_validation_error,
     HTTPException: _on_http_error,
+    # Postgres or Redis down or the connection lost mid-request: 503, never a 500.
+    OSError: _on_dependency_down,
+    asyncpg.InterfaceError: _on_dependency_down,
+    asyncpg.exceptions.ConnectionDoesNotExistError: _on_dependency_down,
+    asyncpg.exceptions.CannotConnectNowError: _on_dependency_down,
+    redis.ConnectionError: _on_dependency_down,
+    redis.TimeoutError: _on_dependency_down,
     Exception: _on_unexpected_error,
 }
 
 
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every request an id (the caller's `x-request-id` or a new one), log it, echo it."""
+HTTP_REQUESTS = prometheus_client.Counter(
+    "tally_http_requests_total", "HTTP requests answered", ["service", "route", "method", "status"]
+)
+HTTP_LATENCY = prometheus_client.Histogram(
+    "tally_http_request_duration_seconds",
+    "Time to answer an HTTP request (until the body ends)",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                # Bounded and printable: a caller's id ends up in logs and headers.
-                candidate = value[:128].decode("latin-1")
-                if candidate.isprintable():
-                    request_id = candidate
-                break
-        if not request_id:
-            request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        header = (b"x-request-id", request_id.encode("latin-1"))
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
+def request_middleware_for(service: str) -> Callable[[ASGIApp], ASGIApp]:
+    """Per request: an id (the caller's `x-request-id` or a new one) bound into every log line
+    and echoed in the response, and the request counted and timed by route template."""
 
-        await app(scope, receive, send_with_id)
+    def middleware_factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            request_id = ""
+            for name, value in scope["headers"]:
+                if name == b"x-request-id":
+                    # Bounded and printable: a caller's id ends up in logs and headers.
+                    candidate = value[:128].decode("latin-1")
+                    if candidate.isprintable():
+                        request_id = candidate
+                    break
+            if not request_id:
+                request_id = uuid.uuid4().hex
+            scope.setdefault("state", {})["request_id"] = request_id
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+            header = (b"x-request-id", request_id.encode("latin-1"))
+            status = 500
 
-    return middleware
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message["headers"] = [*message.get("headers", []), header]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_with_id)
+            finally:
+                # Unrouted paths share one label, so scanners cannot blow up the label set.
+                route = scope.get("path_template") or "unmatched"
+                HTTP_REQUESTS.labels(service, route, scope["method"], str(status)).inc()
+                HTTP_LATENCY.labels(service, route).observe(time.perf_counter() - started)
+
+        return middleware
+
+    return middleware_factory
 
 
 def bind_tenant(tenant_id: uuid.UUID | str) -> None:
@@ -183,9 +226,18 @@ async def metrics() -> Response[bytes]:
 
 @asynccontextmanager
 async def _connect_resources(app: Litestar) -> AsyncIterator[None]:
-    """Open the pool and the Redis client for the app's life; close them on shutdown."""
+    """Open the pool and the Redis client for the app's life; close them on shutdown.
+
+    A database that is down at start does not keep the process from starting: the pool then
+    opens its connections lazily, `/readyz` answers 503 and requests that need Postgres get 503
+    (design invariant 8: refuse, never serve unmetered) until it is back.
+    """
     settings: Settings = app.state.settings
-    app.state.pool = await create_pool(settings)
+    try:
+        app.state.pool = await create_pool(settings)
+    except (OSError, asyncpg.PostgresError) as exc:
+        log.warning("postgres unreachable at start; serving 503 until it is back", error=str(exc))
+        app.state.pool = await create_pool(settings, min_size=0)
     app.state.redis = redis.from_url(settings.redis_url)  # type: ignore[no-untyped-call]
     try:
         yield
@@ -209,7 +261,7 @@ def create_service_app(
         route_handlers=[healthz, readyz, metrics, *route_handlers],
         state=State({"settings": settings, "service": name}),
         lifespan=[_connect_resources, *lifespan],
-        middleware=[request_id_middleware],
+        middleware=[request_middleware_for(name)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title=f"Tally {name}",
@@ -218,6 +270,9 @@ def create_service_app(
             path="/schema",
         ),
         request_max_body_size=settings.max_body_bytes,
+        # Our structlog set-up owns logging; Litestar's own config would re-route library
+        # loggers through a queue that can lose the last lines at shutdown.
+        logging_config=None,
         on_app_init=list(on_app_init),
         debug=False,
     )

@@ -52,7 +52,10 @@ def test_alg_none_is_refused() -> None:
 
 def test_hs256_signed_with_the_public_key_is_refused() -> None:
     token = jwt.encode(
-        {"sub": str(ALICE.user_id)}, "secret", algorithm="HS256", headers={"kid": "old"}
+        {"sub": str(ALICE.user_id)},
+        "an-attacker-chosen-hmac-secret-of-32b",
+        algorithm="HS256",
+        headers={"kid": "old"},
     )
     with pytest.raises(AuthError):
         verify_access_token(SigningKeys.parse(OLD), SETTINGS, token)

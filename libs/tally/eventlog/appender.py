@@ -55,8 +55,9 @@ class GroupCommitAppender:
         self._queued.set()
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-        # shield: a caller that is cancelled must not cancel the batch its event rides in.
-        return await asyncio.shield(future)
+        # A caller cancelled here cancels only its own future: the batch task carries on, and
+        # `_commit` skips futures that are already done.
+        return await future
 
     async def _dispatch(self) -> None:
         while True:

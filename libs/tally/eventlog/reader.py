@@ -50,7 +50,7 @@ WHERE (txid, position) > ($1::text::xid8, $2)
        CASE WHEN tenant_id IS NULL THEN $5::int = 0
             ELSE mod(hashtextextended(tenant_id::text, 0) & 9223372036854775807, $4) = $5
        END)
-ORDER BY txid, position
+ORDER BY events.txid, events.position  -- the columns, not the bigint aliases above
 LIMIT $3
 """
 

@@ -38,7 +38,7 @@ class StoredEvent(msgspec.Struct, frozen=True):
 # present. The uncorrelated pg_notify is an InitPlan, run once per statement that inserts.
 _INSERT = """
 INSERT INTO events (type, schema_version, tenant_id, idempotency_key, data)
-SELECT t.type, t.schema_version, t.tenant_id, t.idempotency_key, t.data::jsonb
+SELECT t.type, t.schema_version, t.tenant_id, t.idempotency_key, t.data::json
 FROM unnest($1::text[], $2::smallint[], $3::uuid[], $4::text[], $5::text[])
      WITH ORDINALITY AS t(type, schema_version, tenant_id, idempotency_key, data, ord)
 ORDER BY t.ord
@@ -106,14 +106,17 @@ async def append_events(conn: Connection, batch: Sequence[NewEvent]) -> list[Sto
 
 
 def stored_from_row(row: asyncpg.Record, *, duplicate: bool = False) -> StoredEvent:
+    # Positional unpacking: the fold reads millions of rows, and name lookups cost twice as much.
+    # Column order is that of _SELECT_EXISTING and the reader's query.
+    position, txid, type_name, schema_version, tenant_id, key, data, recorded_at = row
     return StoredEvent(
-        position=row["position"],
-        txid=row["txid"],
-        type=row["type"],
-        schema_version=row["schema_version"],
-        tenant_id=row["tenant_id"],
-        idempotency_key=row["idempotency_key"],
-        event=decode_event(row["type"], row["schema_version"], row["data"]),
-        recorded_at=row["recorded_at"],
-        duplicate=duplicate,
+        position,
+        txid,
+        type_name,
+        schema_version,
+        tenant_id,
+        key,
+        decode_event(type_name, schema_version, data),
+        recorded_at,
+        duplicate,
     )

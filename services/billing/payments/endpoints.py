@@ -11,14 +11,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from uuid import UUID
 
-from arq import create_pool
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from litestar import Litestar, Request, Router, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from redis.asyncio import ConnectionPool
 
 from billing.payments.autotopup import AutoTopups
 from billing.payments.reconciliation import Reconciliation
@@ -52,9 +52,13 @@ Caller = NamedDependency[Principal]
 
 @asynccontextmanager
 async def payments_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """The app's PaymentsRuntime (and its ARQ pool for queueing jobs) for the app's life."""
+    """The app's PaymentsRuntime (and its ARQ pool for queueing jobs) for the app's life.
+
+    The ARQ pool connects lazily (no ping at start): with Redis down the service still starts,
+    webhooks are still stored, and the sweeper job processes them once Redis is back.
+    """
     settings = app.state.settings
-    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    arq_pool = ArqRedis(ConnectionPool.from_url(settings.redis_url))
     app.state.payments = PaymentsRuntime(
         pool=app.state.pool,
         settings=settings,

@@ -1,20 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import asyncpg
 import pytest
 
 from tally.eventlog import (
-    Checkpoint,
     GroupCommitAppender,
     NewEvent,
     append_events,
     decode_event,
-    read_events,
 )
-from tests.integration.eventlog.events import WidgetCounted
+from tests.integration.eventlog.events import WidgetCounted, read_until
 
 
 async def count_events(pool: asyncpg.Pool) -> int:
@@ -38,7 +37,7 @@ async def test_appended_events_read_back_typed_and_in_order(pool: asyncpg.Pool) 
     assert all(s.tenant_id == tenant and not s.duplicate for s in stored)
 
     async with pool.acquire() as conn:
-        read = await read_events(conn, Checkpoint())
+        read = await read_until(conn, 3)
     assert [r.event for r in read] == [s.event for s in stored]
     assert [r.type for r in read] == ["WidgetCounted"] * 3
     assert read[0].schema_version == WidgetCounted.schema_version
@@ -124,11 +123,12 @@ async def test_group_commit_batches_callers_and_each_event_is_durable_on_return(
 
 async def test_a_failed_batch_fails_every_caller_in_it(pool: asyncpg.Pool) -> None:
     appender = GroupCommitAppender(pool, max_inflight=1)
-    # Postgres refuses \u0000 inside jsonb, so the batch holding this event fails as a whole.
-    poisoned = WidgetCounted(writer=0, n=0, note="\x00")
+    # An incompressible 20 kB key exceeds the btree row limit of the idempotency index, so
+    # Postgres refuses the insert and the batch holding it fails as a whole.
+    poison_key = os.urandom(10_000).hex()
     await appender.append(WidgetCounted(writer=9, n=9), "warm-up")
     results = await asyncio.gather(
-        appender.append(poisoned, "poison"),
+        appender.append(WidgetCounted(writer=0, n=0), poison_key),
         *(appender.append(WidgetCounted(writer=1, n=i), f"victim-{i}") for i in range(20)),
         return_exceptions=True,
     )

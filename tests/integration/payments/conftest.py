@@ -159,13 +159,13 @@ async def money_events(pool: asyncpg.Pool, tenant_id: uuid.UUID | None = None) -
     """The tenant's payment events, in log order, as (type, idempotency key, data)."""
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT type, idempotency_key, data FROM events"
+            "SELECT type, idempotency_key, data::text AS data FROM events"
             " WHERE type = ANY($1::text[]) AND ($2::uuid IS NULL OR tenant_id = $2)"
             " ORDER BY position",
             list(MONEY_EVENTS),
             tenant_id,
         )
-    return [(r["type"], r["idempotency_key"], r["data"]) for r in rows]
+    return [(r["type"], r["idempotency_key"], msgspec.json.decode(r["data"])) for r in rows]
 
 
 async def deliver(
@@ -206,7 +206,3 @@ async def buy(
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
-
-
-def decode(data: Any) -> dict[str, Any]:
-    return data if isinstance(data, dict) else msgspec.json.decode(data)
