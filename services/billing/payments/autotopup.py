@@ -35,6 +35,7 @@ from billing.payments.errors import (
     PaymentsNotConfigured,
     TenantNotFound,
 )
+from billing.payments.metrics import AUTO_TOPUPS
 from billing.payments.purchases import credit_order, fail_order
 from billing.payments.repository import AutoTopupRow, OrderRow
 from billing.payments.runtime import PaymentsRuntime
@@ -271,11 +272,13 @@ class AutoTopups:
                     reason=exc.message,
                     payment_intent=exc.payment_intent,
                 )
+            AUTO_TOPUPS.labels("declined").inc()
             log.warning(
                 "auto top-up declined; turned off", tenant_id=str(order.tenant_id), code=exc.code
             )
             return TopupResult(order.tenant_id, "declined: turned off", order.id, available)
         except PaymentProviderError:
+            AUTO_TOPUPS.labels("unknown").inc()
             # Outcome unknown: the order stays `creating` and blocks other top-ups until
             # retry_stale() asks Stripe again with the same idempotency key.
             return TopupResult(
@@ -297,6 +300,7 @@ class AutoTopups:
                     method_kind=intent.payment_method_kind,
                 )
                 outcome = "charged"
+                AUTO_TOPUPS.labels("charged").inc()
             elif intent.status in ("processing", "requires_capture"):
                 await repo.link_payment_intent(conn, order.id, intent.id, intent.latest_charge_id)
                 await repo.mark_order_status(conn, order.id, "processing")

@@ -29,6 +29,7 @@ import msgspec
 import structlog
 
 from billing.payments import repository as repo
+from billing.payments.metrics import STRIPE_EVENTS
 from billing.payments.purchases import (
     close_dispute,
     credit_order,
@@ -101,12 +102,14 @@ class StripeEventProcessor:
                 status, outcome = await apply(conn)
                 await repo.finish_webhook_event(conn, event_id, status, outcome)
         except Exception as exc:
+            STRIPE_EVENTS.labels(row.type, "failed").inc()
             log.exception("stripe event failed; it will be retried")
             async with self._pool.acquire() as conn:
                 await repo.fail_webhook_event(conn, event_id, f"{type(exc).__name__}: {exc}")
             raise
         finally:
             structlog.contextvars.unbind_contextvars("stripe_event", "stripe_event_type")
+        STRIPE_EVENTS.labels(row.type, status).inc()
         log.info("stripe event processed", stripe_event=event_id, status=status, outcome=outcome)
         return outcome
 

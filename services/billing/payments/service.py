@@ -28,6 +28,7 @@ from billing.payments.errors import (
     PaymentsNotConfigured,
     TenantNotFound,
 )
+from billing.payments.metrics import STRIPE_WEBHOOKS
 from billing.payments.repository import OrderRow, PackRow, TenantRow
 from billing.payments.runtime import PaymentsRuntime
 from billing.payments.schemas import (
@@ -377,6 +378,7 @@ class PaymentsService:
         try:
             event = verify_stripe_event(payload, signature, secrets)
         except InvalidWebhook as exc:
+            STRIPE_WEBHOOKS.labels("refused").inc()
             log.warning("stripe webhook refused", reason=exc.message, body_bytes=len(payload))
             raise
         async with self._pool.acquire() as conn:
@@ -389,6 +391,7 @@ class PaymentsService:
                 created=event.created,
                 payload=payload.decode(),
             )
+        STRIPE_WEBHOOKS.labels("stored" if stored else "duplicate").inc()
         if stored:
             await self._queue(event.id)
         log.info("stripe event received", stripe_event=event.id, type=event.type, new=stored)

@@ -8,6 +8,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from billing.payments import service as payments_service
@@ -89,6 +90,7 @@ async def test_unsigned_forged_or_stale_deliveries_get_400_a_log_line_and_store_
         case "v0 only":
             headers["Stripe-Signature"] = sender.sign(body).replace("v1=", "v0=")
 
+    refused_before = _metric("refused")
     with capture_logs() as logs:
         # A fresh logger: the module's own was cached under an earlier test's configuration.
         monkeypatch.setattr(
@@ -103,6 +105,7 @@ async def test_unsigned_forged_or_stale_deliveries_get_400_a_log_line_and_store_
     refusals = [entry for entry in logs if entry["event"] == "stripe webhook refused"]
     assert len(refusals) == 1
     assert expected in refusals[0]["reason"]
+    assert _metric("refused") == refused_before + 1
     assert await stored_events(pool) == []
     assert await money_events(pool) == []
 
@@ -160,8 +163,10 @@ async def test_a_redelivered_event_is_stored_once_and_credits_once(
     created, events = await paid_checkout(billing, payment_settings, fake_stripe, tenant)
     event = completed(events)
 
+    stored, duplicates = _metric("stored"), _metric("duplicate")
     first = await sender.deliver(billing, event)
     again = await sender.deliver(billing, event)  # Stripe retries: same id, fresh signature
+    assert (_metric("stored"), _metric("duplicate")) == (stored + 1, duplicates + 1)
     assert (first.json(), again.json()) == (
         {"received": True, "duplicate": False},
         {"received": True, "duplicate": True},
@@ -292,6 +297,11 @@ async def test_events_that_are_not_tallys_are_ignored(
         "customer.created is not used by Tally",
     ]
     assert await money_events(pool) == []
+
+
+def _metric(result: str) -> float:
+    value = REGISTRY.get_sample_value("tally_stripe_webhooks_total", {"result": result})
+    return value or 0.0
 
 
 def _member(settings: Settings, tenant: Any) -> str:
