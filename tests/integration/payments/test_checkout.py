@@ -117,9 +117,8 @@ async def test_a_custom_amount_is_priced_with_the_credit_price_of_the_price_book
     default = await buy(billing, payment_settings, tenant, credits=25)
     assert (default["price_minor"], default["amount_nano"]) == (2500, credits_to_nano(25))
     async with pool.acquire() as conn:
-        await conn.execute(
-            "INSERT INTO credit_prices VALUES (nextval('price_book_version_seq'), 0.0125)"
-        )
+        # A fixed version, not nextval(): the sequence outlives the per-test truncation.
+        await conn.execute("INSERT INTO credit_prices VALUES (1, 0.0125)")
     priced = await buy(billing, payment_settings, tenant, credits=999)
     # 999 x $0.0125 = $12.4875 -> 1249 cents, rounded once, half-up.
     assert priced["price_minor"] == 1249
