@@ -83,6 +83,7 @@ def _on_validation_error(
 
 def _on_http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     code = {
+        400: "invalid_request",
         404: "not_found",
         405: "method_not_allowed",
         413: "request_too_large",
