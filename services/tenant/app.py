@@ -7,14 +7,17 @@ catalog and the audit log. Every route but sign-in needs a bearer access token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import msgspec
 from litestar import Litestar, MediaType, Request, Response
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.exceptions import ValidationException
 from litestar.openapi.spec import Components, SecurityScheme
 
 from tally.auth import provide_principal
@@ -55,6 +58,36 @@ async def _tenant_runtime(app: Litestar) -> AsyncIterator[None]:
         yield
 
 
+_FIELD_IN_PATH = re.compile(r"`\$\.(\w+)")
+
+
+async def strict_json_body(request: Request[Any, Any, Any]) -> None:
+    """Decode the body strictly against the route's schema before Litestar's lax conversion.
+
+    Litestar converts bodies leniently (a JSON string "5" becomes the integer 5); the admin
+    APIs take exactly the documented types, so a wrong type is a 400 naming the field. The
+    body is cached by the request, so the handler's own decoding reads it again for free.
+    """
+    field = request.route_handler.parsed_data_field
+    if field is None:
+        return
+    body = await request.body()
+    if not body.strip() and field.is_optional:
+        return  # an optional body left out
+    try:
+        msgspec.json.decode(body, type=field.annotation, strict=True)
+    except msgspec.ValidationError as exc:
+        match = _FIELD_IN_PATH.search(str(exc))
+        raise ValidationException(
+            detail="invalid request body",
+            extra=[
+                {"message": str(exc), "key": match.group(1) if match else "data", "source": "body"}
+            ],
+        ) from None
+    except msgspec.DecodeError:
+        return  # not JSON at all: Litestar's own decoding answers with its 400
+
+
 def _on_too_many_attempts(_request: Request[Any, Any, Any], exc: TooManyAttempts) -> Response[Any]:
     return Response(
         exc.body(),
@@ -72,6 +105,7 @@ def _configure(config: AppConfig) -> AppConfig:
         }
     )
     config.exception_handlers[TooManyAttempts] = _on_too_many_attempts
+    config.before_request = strict_json_body
     if config.openapi_config is not None:
         config.openapi_config.components = Components(
             security_schemes={

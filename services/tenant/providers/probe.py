@@ -45,6 +45,16 @@ def probe_request(kind: str, base_url: str, api_key: str) -> tuple[str, dict[str
     return f"{base}/models", headers
 
 
+def _gemini_key_invalid(body: bytes) -> bool:
+    """Gemini answers a bad key with 400 INVALID_ARGUMENT and reason API_KEY_INVALID."""
+    try:
+        document: Any = msgspec.json.decode(body)
+        details = document["error"]["details"]
+        return any(d.get("reason") == "API_KEY_INVALID" for d in details)
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def _error_code(body: bytes) -> str | None:
     """A short machine-readable error code from the provider's body, if it has one."""
     try:
@@ -107,7 +117,7 @@ async def probe_credential(
         )
     code = _error_code(body)
     detail = f" ({code})" if code else ""
-    if status in (401, 403):
+    if status in (401, 403) or (kind == "gemini" and _gemini_key_invalid(body)):
         return ConnectionTest(
             ok=False,
             outcome="rejected",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import aiohttp
+import argon2
 import asyncpg
 import msgspec
 import pytest
@@ -19,7 +21,9 @@ from tally.auth import new_signing_key_entry
 from tally.config import Settings, get_settings
 from tally.crypto import new_key_entry
 from tally.events.tenant import Actor
+from tally.invalidation import CHANNEL, Invalidation, decode_invalidation
 from tenant.app import create_app
+from tenant.auth import passwords
 from tenant.people.service import people_service
 from tenant.runtime import Runtime
 
@@ -56,9 +60,7 @@ class Api:
     def auth(token: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
 
-    async def call(
-        self, method: str, path: str, token: str | None = None, **kwargs: Any
-    ) -> Any:
+    async def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> Any:
         headers = dict(kwargs.pop("headers", {}))
         if token:
             headers.update(self.auth(token))
@@ -108,6 +110,17 @@ class Api:
         return await self.token_for(email)
 
 
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2id with the smallest cost: real hashes, without 0.3 s of CPU per sign-in.
+
+    tests/unit/test_passwords.py checks the production parameters themselves.
+    """
+    fast = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    monkeypatch.setattr(passwords, "_hasher", fast)
+    passwords._dummy_hash.cache_clear()
+
+
 @pytest.fixture
 def settings() -> Settings:
     return tenant_settings()
@@ -119,3 +132,89 @@ async def api(
 ) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as http, AsyncTestClient(create_app(settings)) as client:
         yield Api(client, Runtime(settings, pool, redis_client, http))
+
+
+class InvalidationWatch:
+    """Collects the cache invalidations published on Redis while a test runs.
+
+    Pub/sub channels span every Redis database, so other test sessions on this machine may
+    publish too: tests look for the specific objects they changed, never for silence.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pubsub = client.pubsub()
+        self.seen: list[Invalidation] = []
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(CHANNEL)
+        # The subscription is active once its confirmation arrives.
+        while await self._pubsub.get_message(timeout=1) is None:
+            pass
+
+    async def wait_for(
+        self, kind: str, object_id: str, *, on_receipt: Any = None, timeout: float = 10
+    ) -> Invalidation:
+        """The first message naming `object_id`; `on_receipt` runs the moment it arrives."""
+        for item in self.seen:
+            if item.kind == kind and item.id == object_id:
+                return item
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            item = decode_invalidation(message["data"])
+            self.seen.append(item)
+            if item.kind == kind and item.id == object_id:
+                if on_receipt is not None:
+                    await on_receipt()
+                return item
+        raise AssertionError(f"no {kind} invalidation for {object_id}; saw {self.seen}")
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+async def invalidations(redis_client: redis.Redis) -> AsyncIterator[InvalidationWatch]:
+    watch = InvalidationWatch(redis_client)
+    await watch.start()
+    yield watch
+    await watch.close()
+
+
+async def events_of(pool: asyncpg.Pool, *types: str) -> list[dict[str, Any]]:
+    """The stored events of these types, oldest first, as JSON objects."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT type, idempotency_key, tenant_id, data::text AS data FROM events"
+            " WHERE type = ANY($1) ORDER BY position",
+            list(types),
+        )
+    return [
+        {
+            **msgspec.json.decode(r["data"]),
+            "_key": r["idempotency_key"],
+            "_tenant_id": r["tenant_id"],
+        }
+        for r in rows
+    ]
+
+
+async def count_rows(pool: asyncpg.Pool) -> dict[str, int]:
+    """Row counts of every table the tenant service writes, to prove nothing was half-written."""
+    tables = [
+        "events",
+        "tenants",
+        "api_keys",
+        "provider_credentials",
+        "models",
+        "model_routes",
+        "users",
+        "tenant_memberships",
+        "invitations",
+        "refresh_tokens",
+        "tenant_margins",
+    ]
+    async with pool.acquire() as conn:
+        return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
