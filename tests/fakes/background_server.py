@@ -49,6 +49,8 @@ class BackgroundServer:
         return self.url
 
     def stop(self) -> None:
+        """Stop serving (idempotent)."""
         if self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
+            self._thread = None
