@@ -22,6 +22,7 @@ from tally.config import get_settings
 from tally.crypto import SecretKeyError
 from tally.errors import TallyError
 from tally.events.tenant import Actor
+from tally.log import configure_logging
 from tally.money import MoneyError, parse_credits
 from tenant.api_keys.schemas import ApiKeyCreate, ApiKeyRotate
 from tenant.api_keys.service import api_key_service
@@ -91,6 +92,8 @@ def _read_secret(prompt: str) -> str:
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings = get_settings()
+        # Logs go to stderr, so stdout carries nothing but the command's result.
+        configure_logging(settings)
         if not settings.database_url:
             raise CommandError(
                 "TALLY_DATABASE_URL is not set: point it at the stack's Postgres"
