@@ -19,8 +19,9 @@ def client_address(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
-# Routes anyone may call: they are how one gets a token in the first place.
-_public: dict[str, Any] = {"security": [], "tags": ["auth"], "status_code": 200}
+# Routes anyone may call (they are how one gets a token): `[{}]` is OpenAPI for "no
+# authentication needed", overriding the app-wide bearer requirement.
+_public: dict[str, Any] = {"security": [{}], "tags": ["auth"], "status_code": 200}
 
 
 @post("/v1/auth/sign-in", **_public)
@@ -48,7 +49,7 @@ async def refresh(data: JSONBody[RefreshRequest], runtime: Services) -> Session:
     return await auth_service.refresh(runtime, data.refresh_token)
 
 
-@post("/v1/auth/logout", security=[], tags=["auth"], status_code=204)
+@post("/v1/auth/logout", security=[{}], tags=["auth"], status_code=204)
 async def logout(data: JSONBody[RefreshRequest], runtime: Services) -> None:
     """End the session of this refresh token (its access tokens expire on their own)."""
     await auth_service.logout(runtime, data.refresh_token)

@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -16,7 +17,7 @@ from tally.cli import main
 from tally.config import get_settings
 from tally.crypto import new_key_entry
 from tests.fakes.model_listing import FakeProviderApi
-from tests.integration.tenant.conftest import SECRET_KEY
+from tests.integration.tenant.conftest import SECRET_KEY, InvalidationWatch
 
 OPENAI_KEY = "sk-cli-test-key-0123456789-LAST"
 
@@ -340,3 +341,23 @@ def test_every_cli_command_takes_json() -> None:
         for name, sub in actions.items():
             flags = {opt for action in sub._actions for opt in action.option_strings}
             assert "--json" in flags, f"tally {group} {name}"
+
+
+async def test_cli_changes_reach_the_gateway_cache_after_commit(
+    invalidations: InvalidationWatch, pool: asyncpg.Pool
+) -> None:
+    # main() runs its own event loop, so it runs in a thread here.
+    await asyncio.to_thread(tally, "tenant", "create", "Acme")
+    key = await asyncio.to_thread(tally, "key", "create", "--tenant", "Acme")
+
+    async def revoked_already() -> None:
+        async with pool.acquire() as conn:
+            status = await conn.fetchval(
+                "SELECT status FROM api_keys WHERE id = $1", UUID(key["id"])
+            )
+        assert status == "revoked"
+
+    await asyncio.to_thread(tally, "key", "revoke", key["id"])
+    await invalidations.wait_for("api_key", key["id"], on_receipt=revoked_already)
+    suspended = await asyncio.to_thread(tally, "tenant", "suspend", "Acme")
+    await invalidations.wait_for("tenant", suspended["id"])
