@@ -19,7 +19,7 @@ def documented_commands() -> list[str]:
     for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
-            match = re.search(r"(?:^\$ |\| |^)(tally \S.*)$", line.strip())
+            match = re.search(r"(?:^\$ |\|\s+|^)(tally \S.*)$", line.strip())
             if match:
                 commands.append(match.group(1).split("  #")[0].strip())
     return commands
