@@ -29,6 +29,10 @@ UPDATE_USER_ACCESS = f"""
 UPDATE users SET platform_roles = $2, status = $3, updated_at = now() WHERE id = $1
 RETURNING {_USER_COLUMNS}
 """
+# Locks every active operator, so two concurrent demotions cannot both leave "one more".
+ACTIVE_OPERATORS_FOR_UPDATE = """
+SELECT id FROM users WHERE 'operator' = ANY(platform_roles) AND status = 'active' FOR UPDATE
+"""
 SET_PASSWORD_HASH = "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1"
 LINK_OIDC = f"""
 UPDATE users SET oidc_issuer = $2, oidc_subject = $3, updated_at = now() WHERE id = $1
@@ -156,6 +160,10 @@ async def update_user_access(
     row = await conn.fetchrow(UPDATE_USER_ACCESS, user_id, platform_roles, status)
     assert row is not None
     return row
+
+
+async def active_operators(conn: Connection) -> set[UUID]:
+    return {r["id"] for r in await conn.fetch(ACTIVE_OPERATORS_FOR_UPDATE)}
 
 
 async def set_password_hash(conn: Connection, user_id: UUID, password_hash: str) -> None:

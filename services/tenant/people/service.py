@@ -199,6 +199,14 @@ class PeopleService:
         changed = [f for f in current if current[f] != wanted[f]]
         if not changed:
             return user_from_row(row)
+        was_operator = "operator" in current["platform_roles"] and current["status"] == "active"
+        stays_operator = "operator" in wanted["platform_roles"] and wanted["status"] == "active"
+        if was_operator and not stays_operator:
+            # Someone must be able to manage the platform: keep at least one active operator.
+            if not await repository.active_operators(uow.conn) - {user_id}:
+                raise Conflict(
+                    "the last active operator cannot be demoted or disabled", code="last_operator"
+                )
         updated = await repository.update_user_access(
             uow.conn, user_id, wanted["platform_roles"], wanted["status"]
         )

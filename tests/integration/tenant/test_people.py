@@ -229,3 +229,15 @@ async def test_people_admin_is_for_operators(api: Api, path: str) -> None:
     owner = await api.tenant_admin(tenant["id"], "owner@acme.test", role="owner")
     response = await api.call("POST", path, owner, json={"email": "x@y.test", "role": "operator"})
     assert response.status_code == 403
+
+
+async def test_the_last_active_operator_stays(api: Api) -> None:
+    op = await api.operator()
+    me = (await api.call("GET", "/v1/me", op)).json()["user"]["id"]
+    for body in [{"status": "disabled"}, {"platform_roles": ["finance"]}]:
+        refused = await api.call("PATCH", f"/v1/users/{me}", op, json=body)
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "last_operator"
+    second = await api.create_user("op2@platform.test", roles=["operator"])
+    assert (await api.call("PATCH", f"/v1/users/{me}", op, json={"platform_roles": []})).status_code == 200
+    assert (await api.call("PATCH", f"/v1/users/{second}", op, json={"status": "disabled"})).status_code == 409
