@@ -239,5 +239,9 @@ async def test_the_last_active_operator_stays(api: Api) -> None:
         assert refused.status_code == 409
         assert refused.json()["error"]["code"] == "last_operator"
     second = await api.create_user("op2@platform.test", roles=["operator"])
-    assert (await api.call("PATCH", f"/v1/users/{me}", op, json={"platform_roles": []})).status_code == 200
-    assert (await api.call("PATCH", f"/v1/users/{second}", op, json={"status": "disabled"})).status_code == 409
+    assert (
+        await api.call("PATCH", f"/v1/users/{me}", op, json={"platform_roles": []})
+    ).status_code == 200
+    assert (
+        await api.call("PATCH", f"/v1/users/{second}", op, json={"status": "disabled"})
+    ).status_code == 409
