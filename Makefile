@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog bench-tenant clean
+.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-tenant clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -15,7 +15,7 @@ $(UV):
 
 # The virtual environment, rebuilt from the lock file whenever it or pyproject.toml changes.
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --all-extras
 	touch $@
 
 up: $(VENV)/.synced  ## the whole stack on this machine (embedded Postgres and Redis by default)
@@ -32,10 +32,16 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog bench-tenant  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-eventlog-storage bench-finance bench-tenant  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
+
+bench-eventlog-storage: $(VENV)/.synced  ## bytes on disk per usage event, for sizing Postgres
+	$(VENV)/bin/python -m bench.eventlog.storage
+
+bench-finance: $(VENV)/.synced
+	$(VENV)/bin/python -m bench.finance.run
 
 bench-tenant: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.tenant.run

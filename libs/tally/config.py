@@ -78,7 +78,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         str,
         _doc(
             "Ed25519 signing keys for access tokens: `KID:BASE64SEED[,KID:BASE64SEED...]`;"
-            " the first signs, all verify. Outside production a key is generated in the data"
+            " the first signs, all verify. Required in production by the services that issue or"
+            " verify tokens (tenant, billing); outside production a key is generated in the data"
             " folder."
         ),
     ] = ""
@@ -98,6 +99,50 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ] = ""
     stripe_api_base: Annotated[
         str, _doc("Stripe API base URL (tests point it at a local fake).")
+    ] = ""
+    # --- finance ---
+    finance_timezone: Annotated[
+        str,
+        _doc(
+            "IANA time zone of the accounting calendar: statement months, invoice dates and the"
+            " month-end close follow it."
+        ),
+    ] = "UTC"
+    finance_close_grace_minutes: Annotated[
+        int,
+        msgspec.Meta(ge=0, le=1440),
+        _doc("Minutes after a month ends before the period close runs (late commits settle)."),
+    ] = 10
+    tax_rates: Annotated[
+        str,
+        _doc(
+            "VAT rate in percent per customer country (ISO 3166-1 alpha-2): `DE:19,FR:20,...`;"
+            " `*:RATE` applies to countries not listed."
+        ),
+    ] = ""
+    issuer_name: Annotated[str, _doc("Legal name of the platform on invoices.")] = ""
+    issuer_address: Annotated[
+        str, _doc("Postal address of the platform on invoices; lines separated by `|`.")
+    ] = ""
+    issuer_tax_id: Annotated[
+        str, _doc("VAT id of the platform (e.g. `DE123456789`); invoice numbers run per issuer.")
+    ] = ""
+    issuer_country: Annotated[
+        str, _doc("Country of the platform (ISO 3166-1 alpha-2), for VAT and reverse charge.")
+    ] = ""
+    issuer_email: Annotated[str, _doc("Contact e-mail printed on invoices.")] = ""
+    issuer_logo_path: Annotated[
+        str, _doc("PNG or JPEG printed at the top of invoice and statement PDFs.")
+    ] = ""
+    invoice_font_path: Annotated[
+        str,
+        _doc(
+            "TrueType font for PDFs (e.g. DejaVuSans.ttf), needed for names outside Latin-1;"
+            " empty uses the built-in Helvetica."
+        ),
+    ] = ""
+    invoice_font_bold_path: Annotated[
+        str, _doc("Bold TrueType font for PDFs; empty uses the regular one.")
     ] = ""
     # --- TENANT ---
     starter_credits: Annotated[
@@ -199,6 +244,26 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("TALLY_DB_POOL_MIN: must not exceed TALLY_DB_POOL_MAX")
     if settings.production and not settings.secret_key:
         raise SettingsError("TALLY_SECRET_KEY: required when TALLY_ENV=production")
+    if settings.secret_key:
+        from tally.crypto import KeyRing, SecretKeyError
+
+        try:
+            KeyRing.parse(settings.secret_key)
+        except SecretKeyError as exc:
+            raise SettingsError(str(exc)) from None
+    if settings.jwt_keys:
+        # Checked here, not only when a service first loads its signing keys, so a bad ring
+        # stops every process at start instead of the first sign-in. Presence is not required:
+        # only the services that issue or verify access tokens need the ring
+        # (`tally.auth.load_signing_keys` refuses to run without it in production).
+        from tally.auth import AuthError, SigningKeys
+
+        try:
+            SigningKeys.parse(settings.jwt_keys)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        except AuthError:  # every entry blank, e.g. TALLY_JWT_KEYS=","
+            raise SettingsError("TALLY_JWT_KEYS: the key ring is empty") from None
     return settings
 
 

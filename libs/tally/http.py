@@ -273,6 +273,9 @@ def create_service_app(
             path="/schema",
         ),
         request_max_body_size=settings.max_body_bytes,
+        # Our structlog set-up owns logging; Litestar's own config would re-route library
+        # loggers through a queue that can lose the last lines at shutdown.
+        logging_config=None,
         on_app_init=list(on_app_init),
         debug=False,
     )

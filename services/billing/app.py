@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from litestar import Litestar
 
+from billing.finance.config import finance_config
+from billing.finance.endpoints import finance_router
+from tally.auth import load_signing_keys
+from tally.config import get_settings
 from tally.http import create_service_app
 
 
 def create_app() -> Litestar:
-    return create_service_app("billing")
+    settings = get_settings()
+    finance_config(settings)  # a bad finance setting stops the start, naming the variable
+    app = create_service_app("billing", [finance_router], settings=settings)
+    app.state.signing_keys = load_signing_keys(settings)
+    return app

@@ -7,6 +7,8 @@ from typing import Any
 
 from arq import cron
 
+from billing.finance import tasks as finance_tasks
+
 HEARTBEAT_KEY = "tally:worker:heartbeat"
 
 
@@ -15,5 +17,8 @@ async def record_heartbeat(ctx: dict[str, Any]) -> None:
     await ctx["redis"].set(HEARTBEAT_KEY, str(time.time()), ex=300)
 
 
-FUNCTIONS: list[Any] = []
-CRON_JOBS = [cron(record_heartbeat, second={0, 30}, run_at_startup=True)]
+FUNCTIONS: list[Any] = [*finance_tasks.FUNCTIONS]
+CRON_JOBS = [
+    cron(record_heartbeat, second={0, 30}, run_at_startup=True),
+    *finance_tasks.CRON_JOBS,
+]

@@ -22,7 +22,9 @@ async def main(dsn: str) -> None:
         print("written", flush=True)
         await asyncio.sleep(3600)
 
-    await consume_batch(pool, "widgets", project_then_hang, limit=50)
+    # Another database's transaction can hold the read horizon back: wait for a batch.
+    while not await consume_batch(pool, "widgets", project_then_hang, limit=50):  # noqa: ASYNC110 (polls Postgres)
+        await asyncio.sleep(0.05)
 
 
 if __name__ == "__main__":

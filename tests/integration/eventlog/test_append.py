@@ -8,14 +8,12 @@ import asyncpg
 import pytest
 
 from tally.eventlog import (
-    Checkpoint,
     GroupCommitAppender,
     NewEvent,
     append_events,
     decode_event,
-    read_events,
 )
-from tests.integration.eventlog.events import WidgetCounted
+from tests.integration.eventlog.events import WidgetCounted, read_until
 
 
 async def count_events(pool: asyncpg.Pool) -> int:
@@ -39,7 +37,7 @@ async def test_appended_events_read_back_typed_and_in_order(pool: asyncpg.Pool) 
     assert all(s.tenant_id == tenant and not s.duplicate for s in stored)
 
     async with pool.acquire() as conn:
-        read = await read_events(conn, Checkpoint())
+        read = await read_until(conn, 3)
     assert [r.event for r in read] == [s.event for s in stored]
     assert [r.type for r in read] == ["WidgetCounted"] * 3
     assert read[0].schema_version == WidgetCounted.schema_version

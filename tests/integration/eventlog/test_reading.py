@@ -22,10 +22,20 @@ from tally.eventlog import (
     consume_batch,
     read_events,
 )
-from tally.eventlog.reader import checkpoint_of
-from tests.integration.eventlog.events import WidgetCounted
+from tally.eventlog.reader import Handler, checkpoint_of
+from tests.integration.eventlog.events import CATCH_UP_SECONDS, WidgetCounted, read_until
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+async def drain(pool: asyncpg.Pool, handler: Handler, *, limit: int, expected: int) -> None:
+    """Consume until the projection holds `expected` rows (or the catch-up deadline passes)."""
+    deadline = asyncio.get_running_loop().time() + CATCH_UP_SECONDS
+    while asyncio.get_running_loop().time() < deadline:
+        if not await consume_batch(pool, "widgets", handler, limit=limit):
+            if await pool.fetchval("SELECT count(*) FROM widget_projection") >= expected:
+                return
+            await asyncio.sleep(0.01)
 
 
 async def append_one(conn: asyncpg.Connection, key: str, writer: int = 0) -> StoredEvent:
@@ -48,7 +58,7 @@ async def test_an_event_committed_late_is_read_in_its_turn_not_skipped(pool: asy
         # While the slow transaction runs, the reader must not move past it.
         assert await read_events(reader, Checkpoint()) == []
         await slow_tx.commit()
-        read = await read_events(reader, Checkpoint())
+        read = await read_until(reader, 2)
         assert [e.idempotency_key for e in read] == ["slow", "fast"]
     finally:
         for conn in (slow, fast, reader):
@@ -84,14 +94,18 @@ async def test_reader_sees_every_committed_event_once_under_racing_writers(
 
     async def reader() -> None:
         checkpoint = Checkpoint()
+        loop = asyncio.get_running_loop()
+        deadline = float("inf")
         async with pool.acquire() as conn:
             while True:
                 done = writers_done.is_set()
+                if done and deadline == float("inf"):
+                    deadline = loop.time() + CATCH_UP_SECONDS
                 batch = await read_events(conn, checkpoint, limit=rng.randint(1, 7))
                 seen.extend(e.idempotency_key for e in batch)
                 if batch:
                     checkpoint = checkpoint_of(batch[-1])
-                elif done:
+                elif done and (set(seen) >= committed or loop.time() > deadline):
                     return
                 else:
                     await asyncio.sleep(0.001)
@@ -119,6 +133,7 @@ async def test_shards_partition_the_log_by_tenant(pool: asyncpg.Pool) -> None:
         )
     by_shard: list[list[StoredEvent]] = []
     async with pool.acquire() as conn:
+        await read_until(conn, 31)
         for index in range(3):
             by_shard.append(await read_events(conn, Checkpoint(), shard=Shard(index, 3)))
     keys = [e.idempotency_key for shard in by_shard for e in shard]
@@ -148,8 +163,7 @@ async def test_a_consumer_applies_each_event_exactly_once_across_reruns(pool: as
     results = await asyncio.gather(
         *(consume_batch(pool, "widgets", project, limit=10) for _ in range(8))
     )
-    while await consume_batch(pool, "widgets", project, limit=10):
-        pass
+    await drain(pool, project, limit=10, expected=45)
     assert sum(results) <= 45
     assert await pool.fetchval("SELECT count(*) FROM widget_projection") == 45
     assert await consume_batch(pool, "widgets", project) == 0
@@ -186,8 +200,7 @@ async def test_a_consumer_killed_before_its_checkpoint_resumes_without_double_ap
         )
 
     # Its writes died with it; the checkpoint never moved; a new run applies everything once.
-    while await consume_batch(pool, "widgets", project, limit=7):
-        pass
+    await drain(pool, project, limit=7, expected=30)
     positions = [
         r[0] for r in await pool.fetch("SELECT position FROM widget_projection ORDER BY 1")
     ]
