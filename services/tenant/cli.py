@@ -31,7 +31,7 @@ from tenant.catalog.schemas import ModelCreate, ModelUpdate, RouteCreate
 from tenant.catalog.service import catalog_service
 from tenant.people.schemas import UserCreate
 from tenant.people.service import people_service, user_from_row
-from tenant.providers.schemas import CredentialCreate
+from tenant.providers.schemas import CredentialCreate, CredentialUpdate
 from tenant.providers.service import provider_service
 from tenant.runtime import Runtime, open_runtime
 from tenant.tenants.schemas import TenantCreate, TenantQuery, TenantUpdate
@@ -322,6 +322,31 @@ async def _provider_add(rt: Runtime, args: argparse.Namespace) -> int:
         f"added {credential.kind} credential {credential.name} ({credential.id}),"
         f" secret …{credential.last4}",
     )
+    return 0
+
+
+async def _provider_update(rt: Runtime, args: argparse.Namespace) -> int:
+    fields: dict[str, Any] = {
+        name: msgspec.UNSET if value is None else value
+        for name, value in [
+            ("name", args.name),
+            ("api_key", args.api_key),
+            ("access_key_id", args.access_key_id),
+            ("secret_access_key", args.secret_access_key),
+            ("region", args.region),
+            ("weight", args.weight),
+        ]
+    }
+    fields["base_url"] = _optional(args.base_url)
+    if args.api_key_stdin:
+        async with rt.pool.acquire() as conn:
+            kind = (await provider_service.resolve(conn, args.provider)).kind
+        fields["secret_access_key" if kind == "bedrock" else "api_key"] = _read_secret("secret: ")
+    data = _validated(fields, CredentialUpdate, clears=True)
+    async with rt.unit(_cli_actor()) as uow:
+        credential_id = (await provider_service.resolve(uow.conn, args.provider)).id
+        credential = await provider_service.update(uow, credential_id, data, rt.key_ring)
+    emit(args, credential, f"updated {credential.name}, secret …{credential.last4}")
     return 0
 
 
@@ -631,6 +656,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--base-url", help="API base URL (default: the provider's public API)")
     p.add_argument("--name", help="default: the kind (openai, openai-2, ...)")
     p.add_argument("--weight", type=int, default=1)
+    p = _command(
+        group, "update", "change a credential (a new secret, URL, weight)", _provider_update
+    )
+    p.add_argument("provider", metavar="NAME_OR_ID")
+    p.add_argument("--api-key", help="a new API key (or use --api-key-stdin)")
+    p.add_argument("--api-key-stdin", action="store_true", help="read the new secret from stdin")
+    p.add_argument("--access-key-id", help="bedrock: a new AWS access key id")
+    p.add_argument("--secret-access-key", help="bedrock: a new AWS secret access key")
+    p.add_argument("--region", help="bedrock: AWS region")
+    p.add_argument("--base-url", help="API base URL, or none for the provider's default")
+    p.add_argument("--name", help="rename the credential")
+    p.add_argument("--weight", type=int)
     p = _command(group, "list", "list provider credentials", _provider_list)
     p.add_argument("--kind", choices=PROVIDER_KINDS)
     for name, help_text, handler in (

@@ -211,6 +211,19 @@ def test_provider_and_model_commands() -> None:
         assert tally("provider", "disable", "backup", "--reason", "spare")["enabled"] is False
         assert tally("provider", "enable", "backup")["enabled"] is True
         assert tally("provider", "show", added["id"])["name"] == "openai"
+        changed = tally(
+            "provider",
+            "update",
+            "backup",
+            "--api-key",
+            "sk-replaced-key-00000WXYZ",
+            "--weight",
+            "7",
+        )
+        assert (changed["last4"], changed["weight"], changed["base_url"]) == ("WXYZ", 7, None)
+        assert tally("provider", "update", "backup", "--base-url", "https://x.test/v1")["base_url"]
+        assert tally("provider", "update", "backup", "--base-url", "none")["base_url"] is None
+        assert tally("provider", "update", "backup", "--weight", "-1", code=1)["error"]
 
         route = tally(
             "model", "add", "gpt-4o", "--provider", "openai", "--context-window", "128000"
