@@ -347,3 +347,26 @@ async def test_a_token_with_forged_roles_is_refused(api: Api, settings: Settings
     forged = f"{header}.{forged_payload}.{signature}"
     assert (await api.call("GET", "/v1/tenants", forged)).status_code == 401
     assert (await api.call("GET", "/v1/tenants", token)).status_code == 403
+
+
+async def test_racing_refreshes_of_one_token_yield_one_session_then_revoke_it(api: Api) -> None:
+    import asyncio
+
+    from tally.errors import TallyError
+    from tenant.auth.service import auth_service
+
+    await api.create_user("alice@acme.test")
+    session = await api.sign_in("alice@acme.test")
+    results = await asyncio.gather(
+        *(auth_service.refresh(api.runtime, session["refresh_token"]) for _ in range(4)),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, TallyError) for r in results if isinstance(r, BaseException))
+    # A replay was seen, so the family is revoked: even the winner's new token is dead.
+    for winner in winners:
+        again = await api.call(
+            "POST", "/v1/auth/refresh", json={"refresh_token": winner.refresh_token}
+        )
+        assert again.status_code == 401

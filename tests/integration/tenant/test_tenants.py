@@ -354,3 +354,27 @@ def test_the_tenant_schema_refuses_floats_for_money() -> None:
 
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"name": "A", "credits": 1.5}, TenantCreate)
+
+
+async def test_concurrent_creates_of_one_name_make_one_tenant(api: Api, pool: asyncpg.Pool) -> None:
+    import asyncio
+
+    from tally.errors import Conflict
+    from tally.events.tenant import Actor
+    from tenant.tenants.schemas import TenantCreate
+    from tenant.tenants.service import tenant_service
+
+    async def create(name: str) -> object:
+        async with api.runtime.unit(Actor(kind="cli", id="race")) as uow:
+            return await tenant_service.create(uow, TenantCreate(name=name), api.runtime.settings)
+
+    results = await asyncio.gather(
+        *(create(name) for name in ["Racer", "racer", "RACER", "Racer "]), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM tenants") == 1
+    assert len(await events_of(pool, "TenantCreated")) == 1
+    # The winner's starter grant (this module grants 5.5 credits) exists once.
+    assert len(await events_of(pool, "CreditsGranted")) == 1
