@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-tenant clean
+.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-tenant clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,7 +32,7 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog bench-eventlog-storage bench-finance bench-tenant  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-tenant  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
@@ -42,6 +42,9 @@ bench-eventlog-storage: $(VENV)/.synced  ## bytes on disk per usage event, for s
 
 bench-finance: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.finance.run
+
+bench-payments: $(VENV)/.synced  ## checkout, webhook intake and Stripe event processing rates
+	$(VENV)/bin/python -m bench.payments.run
 
 bench-tenant: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.tenant.run

@@ -18,7 +18,7 @@ SERVICES = ("gateway", "billing", "tenant")
 
 # Each module adds its operator commands through `register(commands)`, where `commands` is the
 # argparse sub-parsers object; every handler takes the parsed args and returns an exit code.
-COMMAND_MODULES = ("tenant.cli", "billing.cli", "billing.checkout.cli", "billing.finance.cli")
+COMMAND_MODULES = ("tenant.cli", "billing.cli", "billing.payments.cli", "billing.finance.cli")
 
 
 class CommandError(Exception):

@@ -214,6 +214,41 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         _doc("Time limit of a provider credential's test-connection call."),
     ] = 10.0
 
+    # --- payments (Stripe Checkout, webhooks, auto top-up) ---
+    stripe_success_url: Annotated[
+        str,
+        _doc(
+            "Where Stripe Checkout sends the customer after paying; `{CHECKOUT_SESSION_ID}` is"
+            " replaced by Stripe."
+        ),
+    ] = "http://localhost:8081/billing/checkout/done?session_id={CHECKOUT_SESSION_ID}"
+    stripe_cancel_url: Annotated[
+        str, _doc("Where Stripe Checkout sends the customer who cancels.")
+    ] = "http://localhost:8081/billing/checkout/cancelled"
+    stripe_timeout_ms: Annotated[
+        int,
+        msgspec.Meta(ge=100, le=120_000),
+        _doc("Timeout of one Stripe API request; a timed-out request is retried with its key."),
+    ] = 20_000
+    stripe_max_network_retries: Annotated[
+        int,
+        msgspec.Meta(ge=0, le=10),
+        _doc("Retries of a Stripe request after a 409, a 5xx or a network error (same key)."),
+    ] = 2
+    checkout_custom_min_credits: Annotated[
+        int, msgspec.Meta(ge=1), _doc("Smallest custom credit amount a tenant may buy.")
+    ] = 1
+    checkout_custom_max_credits: Annotated[
+        int,
+        msgspec.Meta(ge=0),
+        _doc("Largest custom credit amount a tenant may buy; 0 allows only packs."),
+    ] = 100_000
+    autotopup_max_per_day: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=100),
+        _doc("Most automatic top-up charges per tenant per UTC day."),
+    ] = 3
+
     @property
     def production(self) -> bool:
         return self.env == "production"

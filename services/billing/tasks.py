@@ -8,6 +8,7 @@ from typing import Any
 from arq import cron
 
 from billing.finance import tasks as finance_tasks
+from billing.payments import tasks as payments_tasks
 
 HEARTBEAT_KEY = "tally:worker:heartbeat"
 
@@ -17,8 +18,9 @@ async def record_heartbeat(ctx: dict[str, Any]) -> None:
     await ctx["redis"].set(HEARTBEAT_KEY, str(time.time()), ex=300)
 
 
-FUNCTIONS: list[Any] = [*finance_tasks.FUNCTIONS]
+FUNCTIONS: list[Any] = [*finance_tasks.FUNCTIONS, *payments_tasks.FUNCTIONS]
 CRON_JOBS = [
     cron(record_heartbeat, second={0, 30}, run_at_startup=True),
     *finance_tasks.CRON_JOBS,
+    *payments_tasks.CRON_JOBS,
 ]

@@ -89,6 +89,9 @@ class CreditsPurchased(Event, frozen=True):
     source: Literal["checkout", "auto_topup", "manual"]
     stripe_payment_intent: str | None = None
     pack_id: str | None = None
+    stripe_checkout_session: str | None = None
+    # How the customer paid ("card", "sepa_debit", ...), for the ledger's wording.
+    payment_method_kind: str | None = None
 
 
 class CreditsRefunded(Event, frozen=True):
@@ -100,6 +103,7 @@ class CreditsRefunded(Event, frozen=True):
     amount_nano: int
     refunded_minor: int
     currency: str
+    stripe_charge: str | None = None
 
 
 class CreditsFrozen(Event, frozen=True):
@@ -109,6 +113,8 @@ class CreditsFrozen(Event, frozen=True):
     dispute_id: str
     purchase_id: str
     amount_nano: int
+    disputed_minor: int | None = None
+    currency: str | None = None
 
 
 class CreditsUnfrozen(Event, frozen=True):
@@ -117,6 +123,9 @@ class CreditsUnfrozen(Event, frozen=True):
     tenant_id: UUID
     dispute_id: str
     outcome: Literal["won", "lost"]
+    # Same as the matching CreditsFrozen; repeated so a reader needs no lookup.
+    purchase_id: str | None = None
+    amount_nano: int | None = None
 
 
 class UsageRecorded(Event, frozen=True):
@@ -143,3 +152,58 @@ class UsageRecorded(Event, frozen=True):
     upstream_model: str | None = None
     ttft_ms: int | None = None
     estimated: bool = False
+
+
+# --- payments (Stripe): appended here to keep merges with the billing core easy ---
+
+
+class PaymentFailed(Event, frozen=True):
+    """A payment for credits failed (a delayed checkout payment or an auto top-up).
+
+    Nothing was credited; the tenant is notified.
+    """
+
+    tenant_id: UUID
+    purchase_id: str
+    source: Literal["checkout", "auto_topup"]
+    amount_minor: int
+    currency: str
+    reason: str
+    code: str | None = None
+    stripe_payment_intent: str | None = None
+
+
+class AutoTopupConfigured(Event, frozen=True):
+    """A tenant turned auto top-up on or off, or changed its threshold or pack."""
+
+    tenant_id: UUID
+    enabled: bool
+    threshold_nano: int
+    pack_id: str | None
+    actor: Actor
+
+
+class AutoTopupDisabled(Event, frozen=True):
+    """Auto top-up switched itself off after a failed charge; the tenant must opt in again."""
+
+    tenant_id: UUID
+    reason: str
+    purchase_id: str | None = None
+
+
+class CreditPackCreated(Event, frozen=True):
+    """An operator offered a credit pack: `credits` for `price_minor` of `currency`."""
+
+    pack_id: str
+    name: str
+    credits: int
+    price_minor: int
+    currency: str
+    actor: Actor
+
+
+class CreditPackArchived(Event, frozen=True):
+    """An operator withdrew a credit pack; past purchases of it are unaffected."""
+
+    pack_id: str
+    actor: Actor

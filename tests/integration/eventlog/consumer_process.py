@@ -23,7 +23,7 @@ async def main(dsn: str) -> None:
         await asyncio.sleep(3600)
 
     # Another database's transaction can hold the read horizon back: wait for a batch.
-    while not await consume_batch(pool, "widgets", project_then_hang, limit=50):  # noqa: ASYNC110 (polls Postgres)
+    while not await consume_batch(pool, "widgets", project_then_hang, limit=50):
         await asyncio.sleep(0.05)
 
 

@@ -1,0 +1,1 @@
+"""Buying credits: packs, Stripe Checkout, webhooks, refunds, disputes, auto top-up."""
