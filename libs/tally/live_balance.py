@@ -215,8 +215,10 @@ SELECT data->>'request_id' AS request_id, (data->>'charge_nano')::bigint AS char
 FROM events
 WHERE tenant_id = $1 AND type = 'UsageRecorded'
   AND (txid, position) > (
-      SELECT coalesce((SELECT (txid, position) FROM consumer_checkpoints WHERE consumer = $2),
-                      ('0'::xid8, 0::bigint)))
+      SELECT c.txid, c.position FROM (
+          SELECT txid, position FROM consumer_checkpoints WHERE consumer = $2
+          UNION ALL SELECT '0'::xid8, 0::bigint
+      ) c ORDER BY c.txid DESC, c.position DESC LIMIT 1)
 """
 
 

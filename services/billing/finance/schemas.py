@@ -21,7 +21,6 @@ DocumentKind = Literal["invoice", "credit_note"]
 PeriodStatus = Literal["open", "closed"]
 
 
-
 class DocumentReference(msgspec.Struct, frozen=True, kw_only=True):
     """The invoice a credit note corrects."""
 
