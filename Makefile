@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway clean
+.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway bench-tenant clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,7 +32,7 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway bench-tenant  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
@@ -49,6 +49,9 @@ bench-payments: $(VENV)/.synced  ## checkout, webhook intake and Stripe event pr
 # Needs wrk (apt-get install -y wrk). SOAK=1000000 for the memory check over a million requests.
 bench-gateway: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.gateway.run --soak $(or $(SOAK),200000)
+
+bench-tenant: $(VENV)/.synced
+	$(VENV)/bin/python -m bench.tenant.run
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

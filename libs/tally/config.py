@@ -144,6 +144,75 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     invoice_font_bold_path: Annotated[
         str, _doc("Bold TrueType font for PDFs; empty uses the regular one.")
     ] = ""
+    # --- TENANT ---
+    starter_credits: Annotated[
+        str,
+        msgspec.Meta(pattern=r"^\d{1,12}(\.\d{1,9})?$"),
+        _doc("Credits every new tenant is granted (decimal, e.g. `5` or `2.5`); 0 grants none."),
+    ] = "0"
+    starter_credits_expire_days: Annotated[
+        Annotated[int, msgspec.Meta(ge=1, le=36_500)] | None,
+        _doc("Days after which starter credits expire; unset means they never expire."),
+    ] = None
+    refresh_token_ttl_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=300, le=31_536_000),
+        _doc("Lifetime of a refresh token (each use rotates it and starts a new lifetime)."),
+    ] = 30 * 86_400
+    invitation_ttl_seconds: Annotated[
+        int, msgspec.Meta(ge=300, le=31_536_000), _doc("How long an invitation can be accepted.")
+    ] = 7 * 86_400
+    signin_max_failures_per_account: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=1000),
+        _doc("Failed sign-ins on one email before each further failure locks it for a while."),
+    ] = 5
+    signin_max_failures_per_address: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=100_000),
+        _doc("Failed sign-ins from one client address before it is locked out for a while."),
+    ] = 50
+    signin_backoff_base_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=3600),
+        _doc("First lockout after the free failures; each further failure doubles it."),
+    ] = 1
+    signin_backoff_max_seconds: Annotated[
+        int, msgspec.Meta(ge=1, le=86_400), _doc("Longest sign-in lockout.")
+    ] = 900
+    signin_failure_window_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=60, le=86_400),
+        _doc("Failure counters reset after this long without a failure."),
+    ] = 3600
+    oidc_issuer: Annotated[
+        str,
+        _doc(
+            "OpenID Connect issuer URL for single sign-on (its `.well-known/openid-configuration`"
+            " is read); empty disables single sign-on."
+        ),
+    ] = ""
+    oidc_client_id: Annotated[
+        str, _doc("The client id Tally is registered under at the issuer (the ID token's `aud`).")
+    ] = ""
+    oidc_jwks_ttl_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=60, le=86_400),
+        _doc("How long the issuer's signing keys (JWKS) are cached."),
+    ] = 3600
+    oidc_jwks_refresh_min_seconds: Annotated[
+        float,
+        msgspec.Meta(ge=0, le=3600),
+        _doc(
+            "Least time between two JWKS fetches triggered by an unknown `kid`, so forged"
+            " tokens cannot make Tally hammer the issuer."
+        ),
+    ] = 30.0
+    provider_test_timeout_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0, le=120),
+        _doc("Time limit of a provider credential's test-connection call."),
+    ] = 10.0
 
     # --- payments (Stripe Checkout, webhooks, auto top-up) ---
     stripe_success_url: Annotated[

@@ -78,6 +78,9 @@ def _on_validation_error(
         message = str(extra[0].get("message") or message)
         key = extra[0].get("key")
         param = str(key) if key else None
+        if extra[0].get("source") == "body" and message == f"'{key}'":
+            # Litestar reports a missing body as the KeyError of its parameter name.
+            message = "a JSON request body is required"
     return error_response(400, message, code="invalid_request", param=param)
 
 

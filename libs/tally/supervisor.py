@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from tally.config import Settings
 from tally.log import get_logger
@@ -188,17 +189,50 @@ class Supervisor:
         await asyncio.gather(*watchers, return_exceptions=True)
 
 
+# Where `tally up` writes the URLs of the embedded databases it started, so that operator
+# commands run beside it (`tally tenant create ...`) find them without any configuration.
+STACK_ENV_FILE = "stack.env"
+
+
+def write_stack_env(data_dir: Path, values: dict[str, str]) -> Path:
+    path = data_dir / STACK_ENV_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}={value}\n" for name, value in values.items())
+    return path
+
+
+def settings_with_running_stack(settings: Settings) -> Settings:
+    """`settings`, with the database URLs of a `tally up` running in the same data folder
+    filled in where they are not set."""
+    path = Path(settings.data_dir) / STACK_ENV_FILE
+    if (settings.database_url and settings.redis_url) or not path.exists():
+        return settings
+    found = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return msgspec.structs.replace(
+        settings,
+        database_url=settings.database_url or found.get("TALLY_DATABASE_URL", ""),
+        redis_url=settings.redis_url or found.get("TALLY_REDIS_URL", ""),
+    )
+
+
 def run_up(settings: Settings) -> None:
     """Bring the whole stack up and block until Ctrl-C or SIGTERM."""
     env = dict(os.environ)
-    servers = EmbeddedServers(Path(settings.data_dir).resolve())
+    data_dir = Path(settings.data_dir).resolve()
+    servers = EmbeddedServers(data_dir)
+    embedded: dict[str, str] = {}
     try:
         if not settings.database_url:
-            env["TALLY_DATABASE_URL"] = servers.start_postgres()
+            env["TALLY_DATABASE_URL"] = embedded["TALLY_DATABASE_URL"] = servers.start_postgres()
         if not settings.redis_url:
-            env["TALLY_REDIS_URL"] = servers.start_redis()
+            env["TALLY_REDIS_URL"] = embedded["TALLY_REDIS_URL"] = servers.start_redis()
+        if embedded:
+            write_stack_env(data_dir, embedded)
         asyncio.run(apply_migrations(env["TALLY_DATABASE_URL"]))
         asyncio.run(Supervisor(settings, env).run())
     finally:
+        (data_dir / STACK_ENV_FILE).unlink(missing_ok=True)
         servers.stop()
         log.info("stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -90,6 +91,19 @@ def test_up_serves_every_service_restarts_a_dead_child_and_stops_cleanly(tmp_pat
         assert f"http://127.0.0.1:{ports['gateway']}" in log_path.read_text()
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
 
+        # Operator commands beside `tally up` find its embedded databases on their own.
+        created = subprocess.run(
+            [sys.executable, "-m", "tally.cli", "tenant", "create", "Demo", "--json"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["name"] == "Demo"
+
         children = children_of(up.pid)
         assert len(children) == 4
         # Kill one service outright: the supervisor must start it again.
@@ -122,3 +136,4 @@ def test_up_serves_every_service_restarts_a_dead_child_and_stops_cleanly(tmp_pat
     for pid in children + postgres_pids:
         wait_until(lambda p=pid: not alive(p), 20, f"process {pid} to exit")
     assert "stopped" in log_path.read_text()
+    assert not (tmp_path / "data" / "stack.env").exists()

@@ -150,3 +150,175 @@ class TenantMarginOverridden(Event, frozen=True):
     price_version: int
     margin_pct: Decimal | None
     actor: Actor
+
+
+# --- people -------------------------------------------------------------------------------------
+
+PlatformRoleName = Literal["operator", "finance"]
+TenantRoleName = Literal["owner", "admin", "member"]
+
+
+class UserCreated(Event, frozen=True):
+    """A person got an account: created directly, or by accepting an invitation.
+
+    The password hash never enters the log; `has_password` says whether one was set.
+    """
+
+    user_id: UUID
+    email: str
+    platform_roles: list[PlatformRoleName]
+    actor: Actor
+    via: Literal["direct", "invitation", "oidc"] = "direct"
+    has_password: bool = True
+
+
+class UserUpdated(Event, frozen=True):
+    """A person's platform roles or status changed; `before`/`after` hold the changed fields."""
+
+    user_id: UUID
+    before: dict[str, Any]
+    after: dict[str, Any]
+    actor: Actor
+
+
+class PasswordChanged(Event, frozen=True):
+    """A person's password was set or changed; every refresh token of theirs was revoked."""
+
+    user_id: UUID
+    actor: Actor
+
+
+class UserInvited(Event, frozen=True):
+    """Someone was invited: into a tenant with a tenant role, or to a platform role."""
+
+    invitation_id: UUID
+    email: str
+    role: str
+    expires_at: datetime
+    actor: Actor
+    tenant_id: UUID | None = None
+
+
+class InvitationAccepted(Event, frozen=True):
+    """An invitation was accepted: `user_id` now holds its role."""
+
+    invitation_id: UUID
+    user_id: UUID
+    role: str
+    actor: Actor
+    tenant_id: UUID | None = None
+
+
+class InvitationRevoked(Event, frozen=True):
+    """A pending invitation was withdrawn before anyone accepted it."""
+
+    invitation_id: UUID
+    actor: Actor
+    tenant_id: UUID | None = None
+
+
+class MembershipChanged(Event, frozen=True):
+    """A person's role in a tenant changed; None before means added, None after means removed."""
+
+    tenant_id: UUID
+    user_id: UUID
+    role_before: TenantRoleName | None
+    role_after: TenantRoleName | None
+    actor: Actor
+
+
+class UserSignedIn(Event, frozen=True):
+    """A person signed in and got a new session (an access and a refresh token)."""
+
+    user_id: UUID
+    method: Literal["password", "oidc", "invitation"]
+    actor: Actor
+    address: str | None = None
+
+
+class SessionRevoked(Event, frozen=True):
+    """A session (a refresh-token family) ended: signed out, or reuse of a rotated token seen.
+
+    `reason` is `logout`, `reuse_detected` (a stolen token was probably replayed) or
+    `password_changed`.
+    """
+
+    user_id: UUID
+    family_id: UUID | None
+    reason: Literal["logout", "reuse_detected", "password_changed", "user_disabled"]
+    actor: Actor
+
+
+# --- API keys, credentials, catalog: the changes the core events above do not cover ---------------
+
+
+class ApiKeyUpdated(Event, frozen=True):
+    """An API key's name, expiry, model allow-list, limits or spend cap changed."""
+
+    tenant_id: UUID
+    key_id: UUID
+    before: dict[str, Any]
+    after: dict[str, Any]
+    actor: Actor
+
+
+class ApiKeyRotated(Event, frozen=True):
+    """Key `key_id` was replaced by `new_key_id` (whose `ApiKeyCreated` precedes this event).
+
+    The old key stops working at once when `old_key_expires_at` is None, else at that time.
+    """
+
+    tenant_id: UUID
+    key_id: UUID
+    new_key_id: UUID
+    actor: Actor
+    old_key_expires_at: datetime | None = None
+
+
+class CredentialUpdated(Event, frozen=True):
+    """A credential's name, base URL, weight, options or secret changed.
+
+    A new secret appears only as `last4` before and after.
+    """
+
+    credential_id: UUID
+    before: dict[str, Any]
+    after: dict[str, Any]
+    actor: Actor
+
+
+class CredentialsReencrypted(Event, frozen=True):
+    """`tally secrets rotate` sealed `count` credentials again under key `key_id`."""
+
+    key_id: str
+    count: int
+    actor: Actor
+
+
+class ModelCreated(Event, frozen=True):
+    """A public model name was added to the catalog."""
+
+    model: str
+    actor: Actor
+    enabled: bool = True
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    modalities: list[str] = msgspec.field(default_factory=lambda: ["text"])
+
+
+class ModelRouteUpdated(Event, frozen=True):
+    """A route's priority, weight or enabled flag changed."""
+
+    model: str
+    route_id: UUID
+    before: dict[str, Any]
+    after: dict[str, Any]
+    actor: Actor
+
+
+class ModelRouteRemoved(Event, frozen=True):
+    """A route was removed from a model; the model keeps its other routes."""
+
+    model: str
+    route_id: UUID
+    actor: Actor

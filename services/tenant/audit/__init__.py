@@ -1,0 +1,1 @@
+"""The audit log: every admin action, read straight from the event log."""

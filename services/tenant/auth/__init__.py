@@ -1,0 +1,1 @@
+"""Signing in: passwords, single sign-on (OIDC), sessions with rotating refresh tokens."""

@@ -1,0 +1,1 @@
+"""People: accounts, platform roles, tenant memberships and invitations."""

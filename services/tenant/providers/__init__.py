@@ -1,0 +1,1 @@
+"""Provider credentials: the upstream accounts the gateway calls, secrets sealed at rest."""

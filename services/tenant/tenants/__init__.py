@@ -1,0 +1,1 @@
+"""Tenants: the customer businesses, their billing profile, mode, status and margin."""
