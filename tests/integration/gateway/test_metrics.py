@@ -3,6 +3,8 @@ tokens and credits by model, open holds, and the usage events' group-commit batc
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -109,3 +111,22 @@ async def test_a_request_error_counts_as_a_client_error_without_failover(
     assert delta(before, after, "tally_gateway_upstream_failovers_total", provider="openai") == 0
     assert value(after, "tally_gateway_credits_nano_total", model=world.model) == 0
     assert delta(before, after, "tally_gateway_open_holds") == 0
+
+
+async def test_open_holds_counts_a_request_while_it_waits_on_its_provider(
+    world: World, gateway_server: GatewayServer
+) -> None:
+    world.fake.script.append(Behaviour(latency=1.0))
+    before = await scrape(gateway_server)
+    request = asyncio.create_task(
+        world.client.chat.completions.create(model=world.model, messages=MESSAGES)
+    )
+    held = 0.0
+    for _ in range(100):
+        held = delta(before, await scrape(gateway_server), "tally_gateway_open_holds")
+        if held or request.done():
+            break
+        await asyncio.sleep(0.01)
+    assert held == 1
+    await request
+    assert delta(before, await scrape(gateway_server), "tally_gateway_open_holds") == 0
