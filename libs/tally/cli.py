@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import importlib.util
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -69,6 +70,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "billing": settings.billing_port,
         "tenant": settings.tenant_port,
     }[args.service]
+    # uvicorn drains in-flight requests on SIGTERM, then restores the handler it found and
+    # raises the signal again, so under the default handler a clean shutdown would still end
+    # "killed by SIGTERM". Our handler turns that re-raise into exit 0, what orchestrators read
+    # as a graceful stop.
+    signal.signal(signal.SIGTERM, _drained)
     uvicorn.run(
         f"{args.service}.app:create_app",
         factory=True,
@@ -83,6 +89,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     return 0
+
+
+def _drained(_signum: int, _frame: object) -> None:
+    """SIGTERM re-raised by uvicorn after its graceful shutdown (or before it started)."""
+    raise SystemExit(0)
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:

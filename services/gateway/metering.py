@@ -20,7 +20,7 @@ from uuid import UUID
 import asyncpg
 import redis.asyncio as redis
 
-from gateway import repository
+from gateway import metrics, repository
 from gateway.admission import (
     ADMIT,
     LOAD_SPEND,
@@ -232,6 +232,8 @@ class Meter:
             result = parse_admit(reply)
             if isinstance(result, Admitted):
                 call.admitted = result
+                if call.held:
+                    metrics.OPEN_HOLDS.inc()
                 return
             if result.status == "missing":
                 await self._load_balance(call)
@@ -324,7 +326,13 @@ class Meter:
         if call.finished:
             return
         call.finished = True
+        self._hold_closed(call)
         await self._settle(call, 0, 0)
+
+    @staticmethod
+    def _hold_closed(call: Call) -> None:
+        if call.held and call.admitted is not None:
+            metrics.OPEN_HOLDS.dec()
 
     async def _settle(self, call: Call, charge_nano: int, tokens: int) -> None:
         if not (call.held or call.capped or call.rate_limited) or call.admitted is None:
@@ -370,6 +378,7 @@ class Meter:
         if call.finished:
             raise RuntimeError("a request is metered once")
         call.finished = True
+        self._hold_closed(call)
         try:
             charge = call.tariff.charge(usage)
         except PricingError as exc:
@@ -410,6 +419,7 @@ class Meter:
             raise Unavailable(
                 "The request could not be recorded, so its result is withheld; try again."
             ) from None
+        metrics.usage(call.model.name, usage, charge.charge_nano)
         return charge
 
     async def _unsettle(self, call: Call) -> None:

@@ -17,6 +17,7 @@ import asyncpg
 import redis.asyncio as redis
 from litestar import Litestar
 
+from gateway import metrics
 from gateway.auth import KeyCache
 from gateway.catalog import CatalogCache
 from gateway.metering import Meter, PostgresHealth
@@ -128,7 +129,9 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
     # The usage events get their own small pool whose connections skip asyncpg's reset query
     # on release (a round trip per batch): the appender leaves no session state behind.
     append_pool = await create_pool(settings, min_size=1, max_size=4, reset=_keep_session)
-    appender = GroupCommitAppender(append_pool, max_batch=settings.event_batch_max)
+    appender = GroupCommitAppender(
+        append_pool, max_batch=settings.event_batch_max, on_batch=metrics.append_batch
+    )
     health = PostgresHealth(pool)
     meter = Meter(
         pool=pool,

@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 import redis.asyncio as redis
 
-from gateway import repository
+from gateway import metrics, repository
 from gateway.catalog import CatalogCache, ModelEntry, Route, order_routes
 from gateway.errors import UpstreamFailed
 from gateway.providers.base import UnsupportedFeature, UpstreamError, UpstreamRequest
@@ -168,6 +168,7 @@ class Upstream:
         last: UpstreamError | None = None
         unsupported: UnsupportedFeature | None = None
         tried = 0
+        failed_kind: str | None = None  # provider kind of the last attempt, if it failed
         for route in routes:
             if tried >= self.max_attempts:
                 break
@@ -182,24 +183,34 @@ class Upstream:
                     self._refuse_credential(route, exc)
                 continue
             tried += 1
+            kind = route.credential.kind
+            if failed_kind is not None:
+                metrics.failover(failed_kind)
             started = time.perf_counter()
             try:
                 response = await self.session.request(
                     request.method, request.url, headers=request.headers, data=request.body
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                attempt.upstream_s += time.perf_counter() - started
-                kind = "timed out" if isinstance(exc, TimeoutError) else "could not be reached"
+                elapsed = time.perf_counter() - started
+                attempt.upstream_s += elapsed
+                metrics.upstream_attempt(kind, elapsed)
+                timed_out = isinstance(exc, TimeoutError)
+                metrics.upstream_error(kind, "timeout" if timed_out else "unreachable")
+                failed_kind = kind
+                what = "timed out" if timed_out else "could not be reached"
                 last = UpstreamError(
-                    504 if isinstance(exc, TimeoutError) else 502,
-                    f"The provider {kind} ({type(exc).__name__}).",
+                    504 if timed_out else 502,
+                    f"The provider {what} ({type(exc).__name__}).",
                     code="upstream_unreachable",
                 )
                 log.warning("upstream failed", route=str(route.route_id), error=repr(exc))
                 await self.cooldowns.start(route.route_id, None)
                 continue
             if response.status < 400:
-                attempt.upstream_s += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                attempt.upstream_s += elapsed
+                metrics.upstream_attempt(kind, elapsed)
                 attempt.route = route
                 return response
             try:
@@ -208,7 +219,11 @@ class Upstream:
                 body = b""
             finally:
                 response.release()
-            attempt.upstream_s += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            attempt.upstream_s += elapsed
+            metrics.upstream_attempt(kind, elapsed)
+            metrics.upstream_error(kind, metrics.error_kind(response.status))
+            failed_kind = kind
             error = route.adapter.error(response.status, response.headers, body)
             log.warning(
                 "upstream error",

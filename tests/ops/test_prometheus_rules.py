@@ -102,6 +102,17 @@ def exported(database_url: str, redis_url: str) -> Exported:
     for family in prometheus_client.REGISTRY.collect():
         for suffix in _SUFFIXES[family.type]:
             found.add_name(family.name + suffix)
+    # A labelled metric prints nothing until it is first used (the gateway's upstream series
+    # need a provider call), so its labels also come from its declaration. prometheus_client
+    # has no public accessor for either mapping.
+    registry = prometheus_client.REGISTRY
+    for collector, names in registry._collector_to_names.items():
+        declared = tuple(getattr(collector, "_labelnames", ()))
+        if not declared:
+            continue
+        for name in names:
+            extra = ("le",) if name.endswith("_bucket") else ()
+            found.add_sample(name, dict.fromkeys((*declared, *extra), ""))
     return found
 
 
@@ -222,6 +233,11 @@ def test_the_check_does_catch_a_rule_on_a_missing_metric_or_label(exported: Expo
     ]
     assert problems_of('tally_http_requests_total{route="/nope"} > 0', exported) == [
         "no service has the route /nope"
+    ]
+    # Labels of a metric no request has used yet come from its declaration.
+    unused = 'sum by (provider) (rate(tally_gateway_upstream_errors_total{kind="x"}[5m])) > 0'
+    assert problems_of(unused, exported) == [
+        "tally_gateway_upstream_errors_total has no label kind"
     ]
     assert problems_of("rate(tally_http_requests_total[5m]", exported)[0].startswith(
         "does not parse"
