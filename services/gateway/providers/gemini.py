@@ -383,6 +383,13 @@ def error_from(status: int, body: bytes) -> UpstreamError:
             payload = parsed[0]
     error = payload.get("error") if payload else None
     if isinstance(error, dict):
+        reasons = {
+            detail.get("reason") for detail in error.get("details") or [] if isinstance(detail, dict)
+        }
+        if "API_KEY_INVALID" in reasons:
+            # Gemini answers a bad key with 400; it is the credential that is wrong, so it is
+            # reported as 401 for the gateway to disable the credential and fail over.
+            return upstream_error(401, str(error.get("message")), "API_KEY_INVALID")
         return upstream_error(
             status,
             str(error.get("message") or "Gemini error"),

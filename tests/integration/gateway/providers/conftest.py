@@ -1,0 +1,51 @@
+"""Fixtures: the three fake providers on real local HTTP servers, and a client session.
+
+These tests talk only to local fake upstreams and keep no state in Postgres or Redis, so the
+integration suite's clean-database fixture is not needed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.bedrock_upstream import FakeBedrock
+from tests.fakes.gemini_upstream import FakeGemini
+
+
+@pytest.fixture(autouse=True)
+def _start_clean() -> None:
+    """Overrides the integration suite's DB/Redis reset: nothing here touches them."""
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
+    fake = FakeAnthropic(api_key="sk-ant-test")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def fake_gemini() -> AsyncIterator[FakeGemini]:
+    fake = FakeGemini(api_key="AIza-test")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def fake_bedrock() -> AsyncIterator[FakeBedrock]:
+    fake = FakeBedrock(region="eu-west-3")
+    await fake.start()
+    yield fake
+    await fake.stop()
