@@ -111,44 +111,39 @@ class FakeAnthropic(FakeUpstream):
         return response
 
 
+def _start(index: int, block: dict[str, Any]) -> bytes:
+    event = {"type": "content_block_start", "index": index, "content_block": block}
+    return _sse("content_block_start", event)
+
+
+def _delta(index: int, delta: dict[str, Any]) -> bytes:
+    return _sse(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
+
+
 def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
     kind = block["type"]
     if kind == "text":
-        events = [_sse("content_block_start", {"type": "content_block_start", "index": index,
-                                               "content_block": {"type": "text", "text": ""}})]  # fmt: skip
-        for piece in split_words(block["text"]):
-            delta = {"type": "text_delta", "text": piece}
-            events.append(
-                _sse(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": index, "delta": delta},
-                )
-            )
+        events = [_start(index, {"type": "text", "text": ""})]
+        events += [
+            _delta(index, {"type": "text_delta", "text": p}) for p in split_words(block["text"])
+        ]
     elif kind == "thinking":
-        start = {"type": "thinking", "thinking": "", "signature": ""}
         events = [
-            _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": start}),
-            _sse("content_block_delta", {"type": "content_block_delta", "index": index,
-                                         "delta": {"type": "thinking_delta", "thinking": block["thinking"]}}),
-            _sse("content_block_delta", {"type": "content_block_delta", "index": index,
-                                         "delta": {"type": "signature_delta", "signature": block["signature"]}}),
-        ]  # fmt: skip
+            _start(index, {"type": "thinking", "thinking": "", "signature": ""}),
+            _delta(index, {"type": "thinking_delta", "thinking": block["thinking"]}),
+            _delta(index, {"type": "signature_delta", "signature": block["signature"]}),
+        ]
     else:
-        start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
         events = [
-            _sse(
-                "content_block_start",
-                {"type": "content_block_start", "index": index, "content_block": start},
+            _start(
+                index, {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
             )
         ]
-        for fragment in [""] + split_json(block["input"]):
-            delta = {"type": "input_json_delta", "partial_json": fragment}
-            events.append(
-                _sse(
-                    "content_block_delta",
-                    {"type": "content_block_delta", "index": index, "delta": delta},
-                )
-            )
+        # The first fragment is empty, as in Anthropic's own streams.
+        for fragment in ["", *split_json(block["input"])]:
+            events.append(_delta(index, {"type": "input_json_delta", "partial_json": fragment}))
     events.append(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
     return events
 

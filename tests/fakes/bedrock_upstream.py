@@ -267,8 +267,10 @@ class FakeBedrock(FakeUpstream):
             frames.append(event_frame("contentBlockStop", {"contentBlockIndex": index}))
             index += 1
         for call in reply.tool_calls:
-            frames.append(event_frame("contentBlockStart", {"contentBlockIndex": index,
-                          "start": {"toolUse": {"toolUseId": call.id, "name": call.name}}}))  # fmt: skip
+            start = {"toolUse": {"toolUseId": call.id, "name": call.name}}
+            frames.append(
+                event_frame("contentBlockStart", {"contentBlockIndex": index, "start": start})
+            )
             for fragment in split_json(call.arguments):
                 frames.append(event_frame("contentBlockDelta", {"contentBlockIndex": index,
                               "delta": {"toolUse": {"input": fragment}}}))  # fmt: skip
@@ -355,7 +357,8 @@ def validate(body: Any) -> None:
                 uses_tools = True
                 if block["toolResult"]["toolUseId"] not in previous_uses:
                     raise _bad(
-                        "The toolResult blocks do not match the toolUse blocks of the previous turn."
+                        "The toolResult blocks do not match the toolUse blocks "
+                        "of the previous turn."
                     )
         previous_uses = uses
     if uses_tools and not body.get("toolConfig"):

@@ -352,7 +352,7 @@ class MiniGateway:
             if response.status >= 400 or not stream:
                 raw = await response.read()
                 if response.status < 400:
-                    message, usage = adapter.messages_usage(raw)
+                    _message, usage = adapter.messages_usage(raw)
                     self._meter(usage)
                 return web.Response(body=raw, status=response.status, headers=raw_headers)
             out = web.StreamResponse(headers=raw_headers)
