@@ -102,7 +102,12 @@ class FakeAnthropic(FakeUpstream):
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                    "usage": {"output_tokens": usage["output_tokens"]},
+                    # Cumulative: the final output count (and its thinking breakdown).
+                    "usage": {
+                        k: v
+                        for k, v in usage.items()
+                        if k in ("output_tokens", "output_tokens_details")
+                    },
                 },
             )
         )

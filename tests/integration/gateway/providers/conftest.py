@@ -14,6 +14,7 @@ import pytest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.bedrock_upstream import FakeBedrock
 from tests.fakes.gemini_upstream import FakeGemini
+from tests.fakes.upstream import FakeUpstream
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +50,11 @@ async def fake_bedrock() -> AsyncIterator[FakeBedrock]:
     await fake.start()
     yield fake
     await fake.stop()
+
+
+@pytest.fixture
+def fakes(
+    fake_anthropic: FakeAnthropic, fake_gemini: FakeGemini, fake_bedrock: FakeBedrock
+) -> dict[str, FakeUpstream]:
+    """All three fakes by provider kind, for tests parametrized over providers."""
+    return {"anthropic": fake_anthropic, "gemini": fake_gemini, "bedrock": fake_bedrock}

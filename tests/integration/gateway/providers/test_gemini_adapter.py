@@ -115,7 +115,7 @@ async def test_streaming_with_crlf_events_and_usage_from_the_last_piece(
 ) -> None:
     fake_gemini.enqueue(
         Reply(
-            text="Il fait beau à Paris aujourd’hui.",
+            text="Il fait beau à Paris aujourd\u2019hui.",
             usage={"promptTokenCount": 120, "cachedContentTokenCount": 100,
                    "candidatesTokenCount": 9, "thoughtsTokenCount": 31},
         )
@@ -125,7 +125,7 @@ async def test_streaming_with_crlf_events_and_usage_from_the_last_piece(
     )
     assert fake_gemini.last.path.endswith(":streamGenerateContent")
     assert fake_gemini.last.query == {"alt": "sse"}
-    assert outcome.text == "Il fait beau à Paris aujourd’hui."
+    assert outcome.text == "Il fait beau à Paris aujourd\u2019hui."
     assert outcome.finish_reasons == ["stop"]
     assert outcome.usage is not None
     assert outcome.usage.input_tokens == 20
