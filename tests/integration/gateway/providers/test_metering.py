@@ -18,9 +18,9 @@ from gateway.providers.base import Credential
 from tally.pricing import TokenUsage
 from tests.fakes.upstream import FakeUpstream, Reply
 from tests.integration.gateway.providers.harness import (
+    charge_nano,
     chat,
     chat_stream,
-    charge_nano,
     credential,
     expected_charge_nano,
 )

@@ -325,10 +325,9 @@ async def test_anthropic_tool_use_plain_and_streamed(
 
 async def test_anthropic_native_route_relays_and_meters(fakes: dict[str, FakeUpstream]) -> None:
     fake = fakes["anthropic"]
-    fake.enqueue(
-        Reply(text="native", usage={"input_tokens": 10, "cache_read_input_tokens": 90, "output_tokens": 5}),
-        Reply(text="native stream", usage={"input_tokens": 11, "cache_creation_input_tokens": 7, "output_tokens": 6}),
-    )  # fmt: skip
+    plain = {"input_tokens": 10, "cache_read_input_tokens": 90, "output_tokens": 5}
+    streamed = {"input_tokens": 11, "cache_creation_input_tokens": 7, "output_tokens": 6}
+    fake.enqueue(Reply(text="native", usage=plain), Reply(text="native stream", usage=streamed))
     gateway = await MiniGateway("anthropic", _cred("anthropic", fake), "claude-opus-4").start()
     gateway.kind = "anthropic"
     try:
@@ -379,30 +378,32 @@ async def test_anthropic_native_only_parameter_refused_off_route(
 # --- anthropic_inbound around a canned internal stream ---
 
 
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [choice]}  # fmt: skip
+
+
+def _call(index: int, arguments: str, name: str | None = None) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if name:
+        call.update(id=f"call_{index + 1}", type="function")
+        call["function"]["name"] = name
+    return {"tool_calls": [call]}
+
+
 CANNED_CHUNKS: list[dict[str, Any]] = [
+    _chunk({"role": "assistant", "content": ""}),
+    _chunk({"content": "Looking "}),
+    _chunk({"content": "it up."}),
+    _chunk(_call(0, "", "lookup")),
+    _chunk(_call(0, '{"q": ')),
+    _chunk(_call(0, '"tally"}')),
+    _chunk(_call(1, '{"q": "billing"}', "lookup")),
+    _chunk({}, "tool_calls"),
     {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"content": "Looking "}, "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"content": "it up."}, "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                  "function": {"name": "lookup", "arguments": ""}}]}, "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\": "}}]},
-                  "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"tally\"}"}}]},
-                  "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                  "function": {"name": "lookup", "arguments": "{\"q\": \"billing\"}"}}]}, "finish_reason": None}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m",
-     "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
-    {"id": "chatcmpl-abc", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-     "usage": {"prompt_tokens": 150, "completion_tokens": 40, "total_tokens": 190,
-               "prompt_tokens_details": {"cached_tokens": 100}}},
+     "choices": [], "usage": {"prompt_tokens": 150, "completion_tokens": 40, "total_tokens": 190,
+                              "prompt_tokens_details": {"cached_tokens": 100}}},
 ]  # fmt: skip
 CANNED_RESULT: dict[str, Any] = {
     "id": "chatcmpl-xyz", "object": "chat.completion", "created": 1, "model": "m",
