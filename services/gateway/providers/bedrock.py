@@ -24,7 +24,7 @@ from tally.pricing import TokenUsage
 
 from . import chat_format as cf
 from .base import ChatResult, Credential, UpstreamError, UpstreamRequest
-from .bedrock_eventstream import EventStreamCorrupt, EventStreamDecoder, StreamMessage
+from .bedrock_eventstream import EventStreamDecoder, StreamMessage
 from .upstream_errors import body_excerpt, json_object, upstream_error
 
 KIND = "bedrock"
@@ -390,16 +390,12 @@ class BedrockStreamTranslator:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         chunks: list[dict[str, Any]] = []
-        if self.error is not None and self.error.code == "EventStreamCorrupt":
-            return chunks  # nothing after a corrupt frame can be located reliably
-        try:
-            messages = self._decoder.feed(data)
-        except EventStreamCorrupt as exc:
-            self.error = upstream_error(502, f"Bedrock sent a corrupt event frame: {exc}", None)
-            self.error.code = "EventStreamCorrupt"
-            return chunks
-        for message in messages:
+        for message in self._decoder.feed(data):
             self._message(message, chunks)
+        if self._decoder.corrupt is not None and self.error is None:
+            self.error = upstream_error(
+                502, f"Bedrock sent a corrupt event frame: {self._decoder.corrupt}", None
+            )
         return chunks
 
     def finish(self) -> list[dict[str, Any]]:

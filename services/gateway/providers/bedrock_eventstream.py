@@ -14,10 +14,6 @@ import msgspec
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 
-class EventStreamCorrupt(Exception):
-    """A frame failed its CRC or length checks: the stream cannot be trusted past this point."""
-
-
 class StreamMessage(msgspec.Struct, frozen=True):
     message_type: str  # "event", "exception" or "error"
     event_type: str  # the event or exception name, e.g. "contentBlockDelta"
@@ -30,10 +26,15 @@ class EventStreamDecoder:
 
     def __init__(self) -> None:
         self._buffer = EventStreamBuffer()
+        # Set when a frame failed its CRC or length checks: nothing after it can be located.
+        self.corrupt: str | None = None
 
     def feed(self, data: bytes) -> list[StreamMessage]:
+        """The messages completed by `data`; those before a corrupt frame are still returned."""
+        if self.corrupt is not None:
+            return []
         self._buffer.add_data(data)
-        messages = []
+        messages: list[StreamMessage] = []
         try:
             for message in self._buffer:
                 # botocore-stubs types the parsed headers as int; they are a dict.
@@ -46,5 +47,5 @@ class EventStreamDecoder:
                 )
                 messages.append(StreamMessage(message_type, str(name), headers, message.payload))
         except ParserError as exc:
-            raise EventStreamCorrupt(str(exc)) from exc
+            self.corrupt = str(exc) or type(exc).__name__
         return messages
