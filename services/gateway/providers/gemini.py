@@ -384,7 +384,9 @@ def error_from(status: int, body: bytes) -> UpstreamError:
     error = payload.get("error") if payload else None
     if isinstance(error, dict):
         reasons = {
-            detail.get("reason") for detail in error.get("details") or [] if isinstance(detail, dict)
+            detail.get("reason")
+            for detail in error.get("details") or []
+            if isinstance(detail, dict)
         }
         if "API_KEY_INVALID" in reasons:
             # Gemini answers a bad key with 400; it is the credential that is wrong, so it is
