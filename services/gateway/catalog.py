@@ -54,7 +54,11 @@ def decrypt_credential(row: asyncpg.Record, ring: KeyRing) -> Credential:
     secret = ring.decrypt(
         row["secret_key_id"], bytes(row["secret_ciphertext"]), context=credential_id.bytes
     ).decode()
-    options: dict[str, Any] = row["options"] or {}
+    # jsonb arrives as its text (the pool registers no JSON codec).
+    stored = row["options"]
+    options: dict[str, Any] = (
+        msgspec.json.decode(stored, type=dict[str, Any]) if isinstance(stored, str) else {}
+    )
     if row["kind"] == "bedrock":
         pair = msgspec.json.decode(secret, type=dict[str, str])
         return Credential(

@@ -501,7 +501,9 @@ class AnthropicAdapter:
     ) -> UpstreamRequest:
         raise cf.unsupported(KIND, "embeddings")
 
-    def embeddings_response(self, body: bytes) -> tuple[dict[str, Any], TokenUsage]:
+    def embeddings_response(
+        self, body: bytes, request_body: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], TokenUsage]:
         raise cf.unsupported(KIND, "embeddings")
 
     def images_request(

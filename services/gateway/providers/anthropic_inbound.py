@@ -10,7 +10,8 @@ The gateway calls, for a route that is not Anthropic:
      SSE bytes to write;
   4. `error_body(status, message, type)` for errors, in Anthropic's error shape.
 When the route is Anthropic the request is relayed natively instead (AnthropicAdapter's
-`messages_request` / `messages_usage` / `messages_stream_meter`).
+`messages_request` / `messages_usage`; streams are relayed byte for byte and metered by its
+stream translator). `INBOUND` is this module as the gateway's `InboundTranslator` hook.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from tally.errors import TallyError
 from tally.pricing import TokenUsage
 
 from . import chat_format as cf
@@ -241,10 +243,18 @@ def _tool_choice(choice: Any, out: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
-def messages_to_chat_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request as the internal (OpenAI chat completions) request."""
+def messages_to_chat_request(
+    body: Mapping[str, Any], *, native_only: bool = False
+) -> dict[str, Any]:
+    """An Anthropic Messages request as the internal (OpenAI chat completions) request.
+
+    `native_only`: the request goes to an Anthropic route as it is, so Anthropic-only
+    parameters are left out instead of refused (the translation then only sizes the hold).
+    """
     for key, value in body.items():
         if key in _NATIVE_ONLY:
+            if native_only:
+                continue
             if key == "thinking" and isinstance(value, dict) and value.get("type") == "disabled":
                 continue
             if value is not None:
@@ -541,3 +551,29 @@ class MessagesStreamEncoder:
         """An in-stream `error` event (the HTTP status is already 200); ends the stream."""
         self._closed = True
         return _sse("error", error_body(status, message, openai_type))
+
+
+class AnthropicInbound:
+    """`/v1/messages` for the gateway (`gateway.providers.inbound.InboundTranslator`)."""
+
+    native_kind: str | None = "anthropic"
+
+    def request_to_openai(
+        self, body: dict[str, Any], *, native_only: bool = False
+    ) -> dict[str, Any]:
+        return messages_to_chat_request(body, native_only=native_only)
+
+    def response_from_openai(
+        self, response: dict[str, Any], usage: TokenUsage, *, model: str
+    ) -> dict[str, Any]:
+        return chat_result_to_message(response, usage, model=model)
+
+    def stream_encoder(self, model: str) -> MessagesStreamEncoder:
+        return MessagesStreamEncoder(model)
+
+    def error_body(self, error: TallyError) -> bytes:
+        body = error_body(error.status_code, error.message, error.error_type)
+        return json.dumps(body).encode()
+
+
+INBOUND = AnthropicInbound()

@@ -23,12 +23,9 @@ from typing import Any
 from tally.errors import InvalidRequest
 from tally.pricing import TokenUsage
 
+from .base import MODEL_MAX_OUTPUT_KEY as MODEL_MAX_OUTPUT_KEY
 from .base import UnsupportedFeature
 
-# Where the gateway puts the routed model's output cap when the client named no max_tokens:
-# Anthropic requires max_tokens, and every adapter bounds the output by it so the hold placed
-# for the worst case really is the worst case.
-MODEL_MAX_OUTPUT_KEY = "tally_max_output_tokens"
 # Used only when neither the client nor the gateway gave a cap and the provider needs one.
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 

@@ -431,7 +431,7 @@ class GeminiStreamTranslator:
             chunks.append(self._writer.usage(self.usage))
         return chunks
 
-    def _piece(self, data: str, chunks: list[dict[str, Any]]) -> None:
+    def _piece(self, data: bytes, chunks: list[dict[str, Any]]) -> None:
         try:
             piece = json.loads(data)
         except ValueError:
