@@ -558,6 +558,17 @@ class Gateway:
         drain_deadline: float | None = None
         client_gone = False
         upstream_started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        stop_reading: asyncio.TimerHandle | None = None
+
+        def client_left(_: object) -> None:
+            # A stalled provider would keep the read below waiting past the drain window:
+            # once it is over, closing the upstream connection ends the read.
+            nonlocal stop_reading
+            stop_reading = loop.call_later(self._drain_s, response.close)
+
+        leaving = loop.create_task(disconnected.wait())
+        leaving.add_done_callback(client_left)
         try:
             while True:
                 if disconnected.is_set() and drain_deadline is None:
@@ -615,6 +626,10 @@ class Gateway:
                 502, f"The provider's stream broke off ({type(exc).__name__}).", code="stream_error"
             )
         finally:
+            leaving.remove_done_callback(client_left)
+            leaving.cancel()
+            if stop_reading is not None:
+                stop_reading.cancel()
             response.release()
             call.attempt.upstream_s += time.perf_counter() - upstream_started
         if disconnected.is_set():
