@@ -59,7 +59,9 @@ def decrypt_credential(row: asyncpg.Record, ring: KeyRing) -> Credential:
     options: dict[str, Any] = (
         msgspec.json.decode(stored, type=dict[str, Any]) if isinstance(stored, str) else {}
     )
-    if row["kind"] == "bedrock":
+    # Bedrock's secret is the JSON pair {"access_key_id", "secret_access_key"} (SigV4), or else
+    # a Bedrock API key, which goes in `api_key` (sent as a bearer token).
+    if row["kind"] == "bedrock" and secret.startswith("{"):
         pair = msgspec.json.decode(secret, type=dict[str, str])
         return Credential(
             credential_id,
