@@ -54,8 +54,14 @@ def decrypt_credential(row: asyncpg.Record, ring: KeyRing) -> Credential:
     secret = ring.decrypt(
         row["secret_key_id"], bytes(row["secret_ciphertext"]), context=credential_id.bytes
     ).decode()
-    options: dict[str, Any] = row["options"] or {}
-    if row["kind"] == "bedrock":
+    # jsonb arrives as its text (the pool registers no JSON codec).
+    stored = row["options"]
+    options: dict[str, Any] = (
+        msgspec.json.decode(stored, type=dict[str, Any]) if isinstance(stored, str) else {}
+    )
+    # Bedrock's secret is the JSON pair {"access_key_id", "secret_access_key"} (SigV4), or else
+    # a Bedrock API key, which goes in `api_key` (sent as a bearer token).
+    if row["kind"] == "bedrock" and secret.startswith("{"):
         pair = msgspec.json.decode(secret, type=dict[str, str])
         return Credential(
             credential_id,

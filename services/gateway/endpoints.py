@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import prometheus_client
 import structlog
 from litestar import Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
@@ -41,6 +42,11 @@ from tally.http import HTTP_LATENCY, HTTP_REQUESTS
 from tally.log import get_logger
 
 log = get_logger(__name__)
+
+CLIENT_DISCONNECTS = prometheus_client.Counter(
+    "tally_gateway_client_disconnects",
+    "Streamed responses whose client left before the end (the gateway then drains upstream).",
+)
 _encode = msgspec.json.encode
 
 # Raw ASGI, loosely typed: the fast path reads only a few well-known keys.
@@ -147,6 +153,7 @@ async def run_flow(
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     disconnected.set()
+                    CLIENT_DISCONNECTS.inc()
                     return
 
         watcher = asyncio.get_running_loop().create_task(watch())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -30,8 +30,13 @@ from gateway.errors import (
 )
 from gateway.metering import Call, Meter, UsageStatus, estimate_tokens, new_call, utcnow
 from gateway.prices import PriceCache
-from gateway.providers.base import UnsupportedFeature, UpstreamError
-from gateway.providers.inbound import InboundStreamEncoder, InboundTranslator, anthropic_inbound
+from gateway.providers.base import MODEL_MAX_OUTPUT_KEY, UnsupportedFeature, UpstreamError
+from gateway.providers.inbound import (
+    InboundStreamEncoder,
+    InboundTranslator,
+    NativeInboundAdapter,
+    anthropic_inbound,
+)
 from gateway.providers.openai_compatible import image_price_key
 from gateway.upstream import Upstream
 from tally.http import bind_tenant
@@ -217,7 +222,6 @@ class Gateway:
         send: Send,
         build: Callable[[Route], Any],
         parse: Callable[[Route, bytes], tuple[dict[str, Any], TokenUsage]],
-        translate: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         """A non-streamed call: upstream, parse, meter, answer with usage.cost_nano."""
         try:
@@ -238,8 +242,6 @@ class Gateway:
         usage_out = existing if isinstance(existing, dict) else usage_dict(usage)
         usage_out["cost_nano"] = charge.charge_nano
         payload["usage"] = usage_out
-        if translate is not None:
-            payload = translate(payload)
         await self._send_json(send, call, payload, charge.charge_nano)
 
     # --- endpoints ----------------------------------------------------------------------------
@@ -281,18 +283,37 @@ class Gateway:
         send: Send,
         disconnected: asyncio.Event,
     ) -> None:
-        """Anthropic's `/v1/messages`: translated to a chat completion and back."""
+        """Anthropic's `/v1/messages`: translated to a chat completion and back, or passed
+        through as it is when the route is Anthropic's own (same holds and metering)."""
         inbound = anthropic_inbound()
         if inbound is None:
             raise NotFound("The Anthropic Messages API is not available on this gateway.")
         caller = await self.authenticate(headers)
         anthropic_body, _ = decode_body(body, dict)
-        raw = inbound.request_to_openai(anthropic_body)
+        refused: UnsupportedFeature | None = None
+        try:
+            raw = inbound.request_to_openai(anthropic_body)
+        except UnsupportedFeature as exc:
+            # Only the native provider understands it: the translation then just sizes the
+            # hold, and routes to other providers refuse the request (see `_chat`).
+            raw = inbound.request_to_openai(anthropic_body, native_only=True)
+            refused = exc
         try:
             request = msgspec.convert(raw, schemas.ChatCompletionRequest)
         except msgspec.ValidationError as exc:
             raise InvalidRequest(f"Unsupported Messages request: {exc}") from None
-        await self._chat(request_id, caller, raw, request, len(body), send, disconnected, inbound)
+        await self._chat(
+            request_id,
+            caller,
+            raw,
+            request,
+            len(body),
+            send,
+            disconnected,
+            inbound,
+            native_body=anthropic_body,
+            refused=refused,
+        )
 
     async def _chat(
         self,
@@ -304,9 +325,18 @@ class Gateway:
         send: Send,
         disconnected: asyncio.Event,
         inbound: InboundTranslator | None,
+        *,
+        native_body: dict[str, Any] | None = None,
+        refused: UnsupportedFeature | None = None,
     ) -> None:
+        """A chat completion; with `inbound`, answered in that format (`native_body` is the
+        caller's own body, passed through to routes of `inbound.native_kind`; `refused`, when
+        set, is why the other routes cannot take it)."""
         model = await self.model_for(caller, request.model)
         output = self.output_cap(model, request.max_completion_tokens or request.max_tokens)
+        if request.max_completion_tokens is None and request.max_tokens is None:
+            # Providers that need a cap (Anthropic) get the one the hold was sized for.
+            raw = {**raw, MODEL_MAX_OUTPUT_KEY: output}
         text_bytes, media_parts = _message_sizes(request.messages, body_size)
         input_bound = text_bytes + media_parts * self._image_part_tokens
         call = await self.begin(
@@ -321,30 +351,53 @@ class Gateway:
             + media_parts * self._image_part_tokens
             + output * request.n,
         )
+
+        def native(route: Route) -> bool:
+            return (
+                native_body is not None
+                and inbound is not None
+                and route.adapter.kind == inbound.native_kind
+                and hasattr(route.adapter, "messages_request")
+            )
+
+        def build(route: Route, stream: bool) -> Any:
+            if native(route):
+                adapter = cast(NativeInboundAdapter, route.adapter)
+                assert native_body is not None
+                return adapter.messages_request(
+                    route.credential, route.upstream_model, native_body, stream=stream
+                )
+            if refused is not None:
+                raise refused
+            return route.adapter.chat_request(
+                route.credential, route.upstream_model, raw, stream=stream
+            )
+
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             await self._stream(
                 call,
                 send,
                 disconnected,
-                lambda route: route.adapter.chat_request(
-                    route.credential, route.upstream_model, raw, stream=True
-                ),
+                lambda route: build(route, True),
                 include_usage=include_usage,
                 input_estimate=estimate_tokens(text_bytes) + media_parts * 85,
                 chat=True,
                 encoder=inbound.stream_encoder(model.name) if inbound else None,
+                relay=native,
             )
             return
-        await self._unary(
-            call,
-            send,
-            lambda route: route.adapter.chat_request(
-                route.credential, route.upstream_model, raw, stream=False
-            ),
-            lambda route, data: _chat_parse(route, data),
-            translate=inbound.response_from_openai if inbound else None,
-        )
+
+        def parse(route: Route, data: bytes) -> tuple[dict[str, Any], TokenUsage]:
+            if native(route):
+                return cast(NativeInboundAdapter, route.adapter).messages_usage(data)
+            result = route.adapter.chat_response(data)
+            if inbound is None:
+                return result.response, result.usage
+            message = inbound.response_from_openai(result.response, result.usage, model=model.name)
+            return message, result.usage
+
+        await self._unary(call, send, lambda route: build(route, False), parse)
 
     async def completions(
         self,
@@ -426,7 +479,7 @@ class Gateway:
             lambda route: route.adapter.embeddings_request(
                 route.credential, route.upstream_model, raw
             ),
-            lambda route, data: route.adapter.embeddings_response(data),
+            lambda route, data: route.adapter.embeddings_response(data, request_body=raw),
         )
 
     async def images(
@@ -471,7 +524,11 @@ class Gateway:
         input_estimate: int,
         chat: bool,
         encoder: InboundStreamEncoder | None = None,
+        relay: Callable[[Route], bool] | None = None,
     ) -> None:
+        """Stream a response; routes for which `relay` is true speak the inbound format
+        natively: their bytes go to the client unchanged, and the adapter's translator only
+        meters them."""
         if encoder is not None:
             include_usage = True  # the inbound format decides what of the usage it shows
         try:
@@ -482,6 +539,7 @@ class Gateway:
         route = call.attempt.route
         assert route is not None
         translator = route.adapter.stream_translator(call.model.name)
+        relaying = relay is not None and relay(route)
         await send(
             {
                 "type": "http.response.start",
@@ -500,6 +558,17 @@ class Gateway:
         drain_deadline: float | None = None
         client_gone = False
         upstream_started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        stop_reading: asyncio.TimerHandle | None = None
+
+        def client_left(_: object) -> None:
+            # A stalled provider would keep the read below waiting past the drain window:
+            # once it is over, closing the upstream connection ends the read.
+            nonlocal stop_reading
+            stop_reading = loop.call_later(self._drain_s, response.close)
+
+        leaving = loop.create_task(disconnected.wait())
+        leaving.add_done_callback(client_left)
         try:
             while True:
                 if disconnected.is_set() and drain_deadline is None:
@@ -535,10 +604,14 @@ class Gateway:
                         if chars and ttft_ms is None:
                             ttft_ms = int((time.perf_counter() - call.started) * 1000)
                         streamed_chars += chars
+                    if relaying:
+                        continue
                     if encoder is not None:
-                        out.append(encoder.encode(chunk))
+                        out.append(encoder.feed(chunk))
                     else:
                         out.append(b"data: " + _encode(chunk) + b"\n\n")
+                if relaying and data:
+                    out = [data]
                 if out and not client_gone:
                     await send(
                         {"type": "http.response.body", "body": b"".join(out), "more_body": True}
@@ -553,6 +626,10 @@ class Gateway:
                 502, f"The provider's stream broke off ({type(exc).__name__}).", code="stream_error"
             )
         finally:
+            leaving.remove_done_callback(client_left)
+            leaving.cancel()
+            if stop_reading is not None:
+                stop_reading.cancel()
             response.release()
             call.attempt.upstream_s += time.perf_counter() - upstream_started
         if disconnected.is_set():
@@ -578,7 +655,13 @@ class Gateway:
             failure = failure or UpstreamError(
                 502, "The provider ended the stream without any output.", code="stream_error"
             )
-            await self._end_stream_with_error(send, failure, client_gone, encoder)
+            await self._end_stream_with_error(
+                send,
+                failure,
+                client_gone,
+                encoder,
+                relayed=relaying and failure is translator.error,
+            )
             return
         charge = await self.meter.record(
             call, usage, status=status, estimated=estimated, ttft_ms=ttft_ms
@@ -589,20 +672,18 @@ class Gateway:
             failure = failure or UpstreamError(
                 502, "The provider ended the stream without finishing it.", code="stream_error"
             )
-            await self._end_stream_with_error(send, failure, client_gone, encoder)
+            await self._end_stream_with_error(
+                send,
+                failure,
+                client_gone,
+                encoder,
+                relayed=relaying and failure is translator.error,
+            )
             return
         if encoder is not None:
-            usage_out = usage_dict(usage)
-            if usage_chunk is not None and isinstance(usage_chunk.get("usage"), dict):
-                usage_out = usage_chunk["usage"]
-            usage_out["cost_nano"] = charge.charge_nano
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": encoder.finish(usage_out),
-                    "more_body": False,
-                }
-            )
+            # Relayed: the provider's own closing events already went out.
+            body = b"" if relaying else encoder.finish(usage)
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         tail = []
         if include_usage:
@@ -627,20 +708,26 @@ class Gateway:
         failure: UpstreamError,
         client_gone: bool,
         encoder: InboundStreamEncoder | None = None,
+        *,
+        relayed: bool = False,
     ) -> None:
         if client_gone:
             return
-        error = {
-            "message": failure.message,
-            "type": "upstream_error",
-            "param": None,
-            "code": failure.code or "upstream_error",
-        }
-        body = (
-            encoder.error(error)
-            if encoder is not None
-            else b"data: " + _encode({"error": error}) + b"\n\n"
-        )
+        if relayed:
+            # The provider's own in-stream error event was relayed already.
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if encoder is not None:
+            status = failure.status if failure.status >= 400 else 502
+            body = encoder.error(status, failure.message, failure.type)
+        else:
+            error = {
+                "message": failure.message,
+                "type": "upstream_error",
+                "param": None,
+                "code": failure.code or "upstream_error",
+            }
+            body = b"data: " + _encode({"error": error}) + b"\n\n"
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -655,11 +742,6 @@ def usage_dict(usage: TokenUsage) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
         "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
-
-
-def _chat_parse(route: Route, data: bytes) -> tuple[dict[str, Any], TokenUsage]:
-    result = route.adapter.chat_response(data)
-    return result.response, result.usage
 
 
 def _message_sizes(messages: list[schemas.ChatMessage], body_bytes: int) -> tuple[int, int]:

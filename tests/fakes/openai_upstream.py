@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import math
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -60,6 +61,11 @@ class Behaviour(msgspec.Struct, kw_only=True):
     error_after: int | None = None
     # Streams: end without a usage chunk.
     omit_usage: bool = False
+    # Streams: after this many content chunks, wait until `resume` is set (the test decides
+    # when the rest comes, instead of racing a delay). A threading.Event: the fakes run on
+    # their own loop.
+    pause_after: int | None = None
+    resume: threading.Event | None = None
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
@@ -334,6 +340,9 @@ class FakeOpenAIUpstream:
         if chat:
             await response.write(chunk([delta("", None, role=True)]))
         for i, word in enumerate(words):
+            if i == behaviour.pause_after and behaviour.resume is not None:
+                while not behaviour.resume.is_set():
+                    await asyncio.sleep(0.01)
             if behaviour.disconnect_after is not None and i >= behaviour.disconnect_after:
                 # Cut the connection mid-stream: no usage, no [DONE].
                 transport = request.transport

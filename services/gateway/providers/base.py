@@ -27,6 +27,11 @@ import msgspec
 from tally.errors import TallyError
 from tally.pricing import TokenUsage
 
+# Where the gateway puts the routed model's output cap in a chat body when the client named no
+# max_tokens: Anthropic requires max_tokens, and every adapter bounds the output by it so the
+# hold placed for the worst case really is the worst case. Adapters never send this key on.
+MODEL_MAX_OUTPUT_KEY = "tally_max_output_tokens"
+
 
 class Credential(msgspec.Struct, frozen=True):
     """A decrypted provider credential, as the gateway hands it to an adapter."""
@@ -159,8 +164,14 @@ class ProviderAdapter(Protocol):
         """The provider request for an OpenAI embeddings body; UnsupportedFeature if none."""
         ...
 
-    def embeddings_response(self, body: bytes) -> tuple[dict[str, Any], TokenUsage]:
-        """The provider's embeddings answer → OpenAI embeddings response shape and usage."""
+    def embeddings_response(
+        self, body: bytes, request_body: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], TokenUsage]:
+        """The provider's embeddings answer → OpenAI embeddings response shape and usage.
+
+        `request_body` is the client's request, for providers that report no token counts
+        (Gemini): the adapter then counts the input itself.
+        """
         ...
 
     def images_request(

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from gateway.providers.base import (
+    MODEL_MAX_OUTPUT_KEY,
     ChatResult,
     CompletionsAdapter,
     Credential,
@@ -290,6 +291,8 @@ class OpenAICompatibleAdapter:
             )
         outgoing = dict(body)
         outgoing["model"] = upstream_model
+        # The gateway's own cap (the client named none): OpenAI-wire providers cap themselves.
+        outgoing.pop(MODEL_MAX_OUTPUT_KEY, None)
         return UpstreamRequest("POST", base + _PATHS[feature], headers, _encode(outgoing))
 
     def _streaming(self, body: dict[str, Any], stream: bool) -> dict[str, Any]:
@@ -364,7 +367,9 @@ class OpenAICompatibleAdapter:
     def stream_translator(self, model: str) -> OpenAIStreamTranslator:
         return OpenAIStreamTranslator(model, self.quirks)
 
-    def embeddings_response(self, body: bytes) -> tuple[dict[str, Any], TokenUsage]:
+    def embeddings_response(
+        self, body: bytes, request_body: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], TokenUsage]:
         payload = self._json(body)
         return payload, self._usage(payload)
 

@@ -1,8 +1,9 @@
 """Incremental Server-Sent Events parsing for adapters whose providers stream SSE.
 
 Bytes arrive split anywhere (inside a line, inside a UTF-8 sequence); `SSEDecoder.feed` keeps
-the partial tail and returns only complete events. Comment lines (`: keep-alive`,
-`: OPENROUTER PROCESSING`) are dropped, as the SSE specification says.
+the partial tail and returns only complete events. Lines end with LF, CRLF or a bare CR, and
+comment lines (`: keep-alive`, `: OPENROUTER PROCESSING`) are dropped, as the SSE specification
+says.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class SSEDecoder:
                 not self._data
                 and not self._event
                 and line.startswith(b"data: ")
-                and not line.endswith(b"\r")
+                and b"\r" not in line
                 and buffer.startswith(b"\n", newline + 1)
             ):
                 events.append(SSEEvent("", line[6:]))
@@ -47,7 +48,12 @@ class SSEDecoder:
             position = newline + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
-            self._line(line, events)
+            if b"\r" in line:
+                # A bare CR ends a line too (the SSE specification allows all three endings).
+                for part in line.split(b"\r"):
+                    self._line(part, events)
+            else:
+                self._line(line, events)
         self._buffer = buffer[position:]
         return events
 
@@ -56,7 +62,8 @@ class SSEDecoder:
         events: list[SSEEvent] = []
         if self._buffer:
             line, self._buffer = self._buffer.rstrip(b"\r"), b""
-            self._line(line, events)
+            for part in line.split(b"\r"):
+                self._line(part, events)
         self._line(b"", events)
         return events
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import asyncpg
 import httpx
 import msgspec
 import openai
+import prometheus_client
 import pytest
 import redis.asyncio as redis
 
@@ -16,6 +19,12 @@ from tests.fakes.openai_upstream import Behaviour, FakeOpenAIUpstream
 from tests.fixtures.gateway import GatewayServer, create_credential, create_route
 from tests.integration.gateway.conftest import World, make_world
 from tests.integration.gateway.test_openai_client import MESSAGES, usage_events
+
+
+def _client_disconnects() -> float:
+    """How many streams' clients the gateway (in this process) has seen leave."""
+    value = prometheus_client.REGISTRY.get_sample_value("tally_gateway_client_disconnects_total")
+    return value or 0.0
 
 
 async def add_second_route(
@@ -202,21 +211,30 @@ async def test_an_in_stream_provider_error_reaches_the_client_as_an_error_event(
 async def test_a_client_that_leaves_mid_stream_is_charged_once_for_the_real_usage(
     world: World, pool: asyncpg.Pool, redis_client: redis.Redis, gateway_server: GatewayServer
 ) -> None:
-    world.fake.script.append(Behaviour(chunks=20, chunk_delay=0.02))
-    async with httpx.AsyncClient(base_url=gateway_server.url, timeout=10) as http:
-        async with http.stream(
-            "POST",
-            "/v1/chat/completions",
-            headers={"authorization": f"Bearer {world.key}"},
-            json={"model": world.model, "messages": MESSAGES, "stream": True},
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data: ") and "w2" in line:
-                    break  # leave after three words
-    for _ in range(100):
-        events = await usage_events(pool)
-        if events:
-            break
+    # The provider holds the rest of the stream until the gateway has seen the client leave,
+    # so the test does not depend on how fast a loaded machine notices the disconnect.
+    resume = threading.Event()
+    world.fake.script.append(Behaviour(chunks=20, pause_after=3, resume=resume))
+    left_before = _client_disconnects()
+    try:
+        async with httpx.AsyncClient(base_url=gateway_server.url, timeout=30) as http:
+            async with http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {world.key}"},
+                json={"model": world.model, "messages": MESSAGES, "stream": True},
+            ) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and "w2" in line:
+                        break  # leave after three words
+        deadline = time.monotonic() + 60
+        while _client_disconnects() == left_before and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert _client_disconnects() == left_before + 1
+    finally:
+        resume.set()
+    deadline = time.monotonic() + 60
+    while not (events := await usage_events(pool)) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     [event] = events
     # The gateway kept reading upstream and learned the real usage: all 20 words.
@@ -249,10 +267,12 @@ async def test_a_client_that_leaves_is_charged_for_what_was_streamed_when_upstre
     from tests.fixtures.gateway import gateway_settings
 
     server = GatewayServer(gateway_settings(gateway_disconnect_drain_s=0.3))
+    # The provider stalls after three words until the test is done: the drain must give up.
+    resume = threading.Event()
     try:
         world = await make_world(pool, server, fakes["openai"])
-        world.fake.script.append(Behaviour(chunks=60, chunk_delay=0.05))
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        world.fake.script.append(Behaviour(chunks=60, pause_after=3, resume=resume))
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
             async with http.stream(
                 "POST",
                 "/v1/chat/completions",
@@ -262,14 +282,12 @@ async def test_a_client_that_leaves_is_charged_for_what_was_streamed_when_upstre
                 async for line in response.aiter_lines():
                     if "w2" in line:
                         break
-        for _ in range(100):
-            events = await usage_events(pool)
-            if events:
-                break
+        deadline = time.monotonic() + 60
+        while not (events := await usage_events(pool)) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         [event] = events
-        # The drain gave up long before the 60 words (3 s) were done: usage is estimated from
-        # what was streamed, and charged once.
+        # The drain gave up while the provider stalled: usage is estimated from what was
+        # streamed, and charged once.
         assert (event["status"], event["estimated"]) == ("client_disconnected", True)
         assert 1 <= event["usage"]["output_tokens"] < 45
         snapshot = await LiveBalances(redis_client).snapshot(world.tenant_id)
@@ -277,6 +295,7 @@ async def test_a_client_that_leaves_is_charged_for_what_was_streamed_when_upstre
         assert (snapshot.holds_nano, snapshot.unfolded_nano) == (0, event["charge_nano"])
         await world.client.close()
     finally:
+        resume.set()
         server.stop()
 
 
