@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from litestar import get, post, put
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from billing.http_context import actor_of, connection
+from billing.http_context import actor_of, connection, parse_moment
 from billing.prices.schemas import (
     CatalogImportIn,
     CreditPriceIn,
@@ -28,11 +27,11 @@ _WRITE = [require_platform_role("operator")]
 
 @get("/v1/admin/prices", guards=_READ, tags=["prices"])
 async def get_price_book(
-    state: State, at: Annotated[datetime | None, Parameter(query="at")] = None
+    state: State, at: Annotated[str | None, Parameter(query="at", max_length=64)] = None
 ) -> PriceBookOut:
     """The book in force (at `at`, default now), scheduled changes and below-cost findings."""
     async with connection(state) as conn:
-        return await price_service.price_book(conn, at=at)
+        return await price_service.price_book(conn, at=parse_moment(at, "at"))
 
 
 @post("/v1/admin/prices", guards=_WRITE, tags=["prices"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,7 +10,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 
 from billing.accounts.service import require_tenant
-from billing.http_context import connection, is_platform
+from billing.http_context import connection, is_platform, parse_moment
 from billing.usage.schemas import Overview, UsageReport
 from billing.usage.service import usage_service
 from tally.auth import Principal, require_platform_role
@@ -22,8 +21,8 @@ async def get_usage(
     tenant_id: UUID,
     principal: Principal,
     state: State,
-    since: Annotated[datetime | None, Parameter(query="from")] = None,
-    until: Annotated[datetime | None, Parameter(query="to")] = None,
+    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
     granularity: Literal["hour", "day"] = "day",
     group_by: Literal["model", "key", "none"] = "model",
     model: Annotated[str | None, Parameter(max_length=200)] = None,
@@ -36,8 +35,8 @@ async def get_usage(
         return await usage_service.report(
             conn,
             tenant_id,
-            since=since,
-            until=until,
+            since=parse_moment(since, "from"),
+            until=parse_moment(until, "to"),
             granularity=granularity,
             group_by=group_by,
             model=model,
@@ -53,12 +52,14 @@ async def get_usage(
 )
 async def get_overview(
     state: State,
-    since: Annotated[datetime | None, Parameter(query="from")] = None,
-    until: Annotated[datetime | None, Parameter(query="to")] = None,
+    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
 ) -> Overview:
     """Revenue (charges), base cost and margin by model and tenant for a period."""
     async with connection(state) as conn:
-        return await usage_service.overview(conn, since=since, until=until)
+        return await usage_service.overview(
+            conn, since=parse_moment(since, "from"), until=parse_moment(until, "to")
+        )
 
 
 ROUTES = [get_usage, get_overview]

@@ -21,7 +21,9 @@ from tally.pricing import TokenUsage, price_usage
 ACTOR = Actor(kind="system", id="tests")
 
 
-async def create_tenant(pool: asyncpg.Pool, name: str | None = None, *, mode: str = "prepaid") -> uuid.UUID:
+async def create_tenant(
+    pool: asyncpg.Pool, name: str | None = None, *, mode: str = "prepaid"
+) -> uuid.UUID:
     """What the tenant service does: the row and TenantCreated in one transaction."""
     tenant_id = uuid.uuid4()
     name = name or f"tenant-{tenant_id.hex[:8]}"
@@ -92,7 +94,9 @@ async def gateway_usage(
     usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
     async with pool.acquire() as conn:
         version = version if version is not None else await current_price_version(conn)
-        price = await effective_price(conn, tenant_id=tenant_id, model=model, version=version, at=occurred)
+        price = await effective_price(
+            conn, tenant_id=tenant_id, model=model, version=version, at=occurred
+        )
     assert price is not None, f"{model} has no price"
     charge = price_usage(
         usage, price.price, margin_pct=price.margin_pct, credit_price_usd=price.credit_price_usd

@@ -86,7 +86,11 @@ async def test_usage_is_priced_again_and_debits_grants_before_purchases(
     assert lines[2]["description"] == (
         "Chat completion with gpt-x: 100,000 input + 50,000 output tokens"
     )
-    assert (rollup["requests"], rollup["input_tokens"], rollup["output_tokens"]) == (1, 100_000, 50_000)
+    assert (rollup["requests"], rollup["input_tokens"], rollup["output_tokens"]) == (
+        1,
+        100_000,
+        50_000,
+    )
     assert (rollup["base_nano"], rollup["charge_nano"], rollup["margin_nano"]) == (
         600_000_000,
         750_000_000,
@@ -103,14 +107,18 @@ async def test_a_charge_the_fold_cannot_reproduce_is_reported_and_the_recomputed
 ) -> None:
     tenant = await create_tenant(pool)
     await set_price(pool, "m", "1", "1")
-    usage = await gateway_usage(pool, tenant, "m", input_tokens=1_000_000, output_tokens=0, charge_delta=7)
+    usage = await gateway_usage(
+        pool, tenant, "m", input_tokens=1_000_000, output_tokens=0, charge_delta=7
+    )
     position = await append(pool, usage)
 
     await Folder(pool, shard_count=1).drain()
 
     async with pool.acquire() as conn:
         mismatch = await conn.fetchrow("SELECT * FROM pricing_mismatches")
-        line = await conn.fetchrow("SELECT amount_nano FROM ledger_entries WHERE tenant_id = $1", tenant)
+        line = await conn.fetchrow(
+            "SELECT amount_nano FROM ledger_entries WHERE tenant_id = $1", tenant
+        )
     assert mismatch["position"] == position
     assert mismatch["reason"] == "charge"
     assert (mismatch["recorded_charge_nano"], mismatch["recomputed_charge_nano"]) == (
@@ -133,7 +141,9 @@ async def test_each_usage_is_priced_with_the_version_it_names(pool: asyncpg.Pool
     await Folder(pool, shard_count=1).drain()
 
     async with pool.acquire() as conn:
-        charged = await conn.fetchval("SELECT charged_nano FROM balances WHERE tenant_id = $1", tenant)
+        charged = await conn.fetchval(
+            "SELECT charged_nano FROM balances WHERE tenant_id = $1", tenant
+        )
         mismatches = await conn.fetchval("SELECT count(*) FROM pricing_mismatches")
     assert charged == 4 * CREDIT
     assert mismatches == 0
@@ -146,19 +156,32 @@ async def test_expiry_refund_and_adjustment_follow_the_lots(pool: asyncpg.Pool) 
     starter = grant(tenant, 5, expires_at=soon)
     await append(pool, starter)
     await append(pool, purchase(tenant, 20, "cs_9"))
-    await append(pool, await gateway_usage(pool, tenant, "m", input_tokens=2_000_000, output_tokens=0))
-    await append(pool, CreditsExpired(tenant_id=tenant, grant_id=starter.grant_id), f"expire:{starter.grant_id}")
+    await append(
+        pool, await gateway_usage(pool, tenant, "m", input_tokens=2_000_000, output_tokens=0)
+    )
+    await append(
+        pool,
+        CreditsExpired(tenant_id=tenant, grant_id=starter.grant_id),
+        f"expire:{starter.grant_id}",
+    )
     await append(
         pool,
         CreditsRefunded(
-            tenant_id=tenant, refund_id="re_1", purchase_id="cs_9", amount_nano=5 * CREDIT,
-            refunded_minor=500, currency="usd",
+            tenant_id=tenant,
+            refund_id="re_1",
+            purchase_id="cs_9",
+            amount_nano=5 * CREDIT,
+            refunded_minor=500,
+            currency="usd",
         ),
     )
     await append(
         pool,
         BalanceAdjusted(
-            tenant_id=tenant, adjustment_id=uuid.uuid4(), amount_nano=-CREDIT, reason="goodwill reversal",
+            tenant_id=tenant,
+            adjustment_id=uuid.uuid4(),
+            amount_nano=-CREDIT,
+            reason="goodwill reversal",
             actor=ACTOR,
         ),
     )
@@ -168,7 +191,8 @@ async def test_expiry_refund_and_adjustment_follow_the_lots(pool: asyncpg.Pool) 
     async with pool.acquire() as conn:
         b = await conn.fetchrow("SELECT * FROM balances WHERE tenant_id = $1", tenant)
         kinds = await conn.fetch(
-            "SELECT kind, amount_nano FROM ledger_entries WHERE tenant_id = $1 ORDER BY position", tenant
+            "SELECT kind, amount_nano FROM ledger_entries WHERE tenant_id = $1 ORDER BY position",
+            tenant,
         )
         lots = {
             r["lot_id"]: r
@@ -178,7 +202,11 @@ async def test_expiry_refund_and_adjustment_follow_the_lots(pool: asyncpg.Pool) 
     assert b["balance_nano"] == (5 - 2 - 3 + 20 - 5 - 1) * CREDIT
     assert b["expired_nano"] == 3 * CREDIT
     assert [(k["kind"], k["amount_nano"] // CREDIT) for k in kinds] == [
-        ("grant", 5), ("purchase", 20), ("usage", -2), ("expiry", -3), ("refund", -5),
+        ("grant", 5),
+        ("purchase", 20),
+        ("usage", -2),
+        ("expiry", -3),
+        ("refund", -5),
         ("adjustment", -1),
     ]
     assert lots[f"grant:{starter.grant_id}"]["expired_nano"] == 3 * CREDIT
@@ -191,7 +219,9 @@ async def test_two_folders_on_two_shards_never_overlap(pool: asyncpg.Pool) -> No
     for tenant in tenants:
         await append(pool, grant(tenant, 100))
         for _ in range(5):
-            await append(pool, await gateway_usage(pool, tenant, "m", input_tokens=1000, output_tokens=0))
+            await append(
+                pool, await gateway_usage(pool, tenant, "m", input_tokens=1000, output_tokens=0)
+            )
     # Each worker folds the shards it is given; both run all shards concurrently here, the
     # worst case: the consumer lock must keep every event applied once.
     a = Folder(pool, shard_count=2, batch_size=7)

@@ -19,7 +19,9 @@ def fresh() -> TenantCredits:
 def test_grants_are_consumed_before_purchases_earliest_expiry_first() -> None:
     credits = fresh()
     credits.purchase("p1", 100, position=1, at=T0)
-    credits.grant("late", 50, source="promotional", expires_at=T0 + timedelta(days=30), position=2, at=T0)
+    credits.grant(
+        "late", 50, source="promotional", expires_at=T0 + timedelta(days=30), position=2, at=T0
+    )
     credits.grant("soon", 20, source="manual", expires_at=T0 + timedelta(days=1), position=3, at=T0)
     credits.grant("never", 10, source="manual", expires_at=None, position=4, at=T0)
 
@@ -128,7 +130,14 @@ def test_every_sequence_conserves_credits(ops: list[tuple[object, ...]]) -> None
         if kind == "grant":
             _, gid, amount, days = op
             expires = T0 + timedelta(days=int(days)) if days else None  # type: ignore[call-overload]
-            credits.grant(str(gid), int(amount), source="promotional", expires_at=expires, position=position, at=T0)  # type: ignore[call-overload]
+            credits.grant(
+                str(gid),
+                int(amount),
+                source="promotional",
+                expires_at=expires,
+                position=position,
+                at=T0,
+            )  # type: ignore[call-overload]
             granted += int(amount)  # type: ignore[call-overload]
         elif kind == "purchase":
             credits.purchase(str(op[1]), int(op[2]), position=position, at=T0)  # type: ignore[call-overload]
@@ -161,7 +170,9 @@ def test_every_sequence_conserves_credits(ops: list[tuple[object, ...]]) -> None
             refunded,
             charged,
         )
-        assert all(lot.remaining_nano >= 0 and lot.frozen_nano >= 0 for lot in credits.lots.values())
+        assert all(
+            lot.remaining_nano >= 0 and lot.frozen_nano >= 0 for lot in credits.lots.values()
+        )
         assert credits.debt_usage_nano >= 0 and credits.debt_other_nano >= 0
         # Paid and promotional credits never mix: promotional lots hold only grants and
         # adjustments, paid lots only purchases (and restored dispute credits).
