@@ -37,6 +37,7 @@ from tally.config import Settings, SettingsError, get_settings
 from tally.db import create_pool
 from tally.errors import TallyError
 from tally.events.tenant import Actor
+from tally.log import configure_logging
 from tally.money import MoneyError, format_credits, parse_credits, to_decimal
 
 
@@ -69,6 +70,8 @@ async def _resources(*, need_redis: bool = False) -> AsyncIterator[_Resources]:
 
 
 def _run(coroutine: Awaitable[int]) -> int:
+    # Logs go to stderr, so stdout carries only the command's result.
+    configure_logging(get_settings())
     try:
         return asyncio.run(coroutine)  # type: ignore[arg-type]
     except TallyError as exc:
