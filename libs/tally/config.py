@@ -115,8 +115,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     fold_batch_size: Annotated[
         int,
         msgspec.Meta(ge=1, le=100_000),
-        _doc("Events the billing fold applies per transaction."),
-    ] = 5000
+        _doc(
+            "Most events the billing fold applies per transaction (larger batches fold faster"
+            " when catching up; each commits as one transaction)."
+        ),
+    ] = 10_000
     fold_poll_seconds: Annotated[
         float,
         msgspec.Meta(gt=0, le=60),

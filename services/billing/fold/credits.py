@@ -24,8 +24,9 @@ import msgspec
 
 Funding = Literal["paid", "promotional"]
 LotSource = Literal["starter", "promotional", "manual", "adjustment", "purchase", "dispute"]
-# Why credits left a lot; finance reads funding='paid' and reason='usage' as recognized revenue.
-Reason = Literal["usage", "refund", "adjustment", "dispute", "expiry", "debt"]
+# Why credits left a lot. Usage paid at once is recorded per request (ledger, rollups), not
+# here; `usage_debt` is credits that later repaid usage no credits covered when it happened.
+Reason = Literal["usage", "usage_debt", "refund", "adjustment", "dispute", "expiry", "debt"]
 
 PAID: Funding = "paid"
 PROMOTIONAL: Funding = "promotional"
@@ -372,7 +373,7 @@ class TenantCredits:
             lot.dirty = True
             if kind == "usage":
                 self.debt_usage_nano -= repay
-                self.consumed.append((lot.funding, "usage", repay))
+                self.consumed.append((lot.funding, "usage_debt", repay))
             else:
                 self.debt_other_nano -= repay
                 self.consumed.append((lot.funding, "debt", repay))
@@ -392,6 +393,8 @@ class TenantCredits:
         if amount <= 0:
             return result
         left = amount
+        # Usage is recorded per request by the ledger and the rollups; the other reasons here.
+        record = reason != "usage"
         order = self._order
         if order is None:
             order = self._order = sorted(
@@ -404,7 +407,8 @@ class TenantCredits:
             taken = available if available < left else left
             lot.remaining_nano = available - taken
             lot.dirty = True
-            self.consumed.append((lot.funding, reason, taken))
+            if record:
+                self.consumed.append((lot.funding, reason, taken))
             if lot.funding == PAID:
                 result.paid += taken
             else:

@@ -67,7 +67,10 @@ class BatchProjection:
 
 
 def utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    tz = moment.tzinfo
+    if tz is UTC:
+        return moment
+    return moment.replace(tzinfo=UTC) if tz is None else moment.astimezone(UTC)
 
 
 def referenced_lots(stored: StoredEvent, state: TenantCredits) -> str | None:
@@ -449,10 +452,22 @@ _ENDPOINT_LABELS = (
 )
 
 
+_labels: dict[str, str] = {}
+
+
+def _label(endpoint: str) -> str:
+    label = _labels.get(endpoint)
+    if label is None:
+        lowered = endpoint.lower()
+        label = next((text for key, text in _ENDPOINT_LABELS if key in lowered), "API request")
+        if len(_labels) < 1000:
+            _labels[endpoint] = label
+    return label
+
+
 def describe_usage(event: UsageRecorded) -> str:
     """A usage line as a customer reads it: what, which model, how much."""
-    endpoint = event.endpoint.lower()
-    label = next((text for key, text in _ENDPOINT_LABELS if key in endpoint), "API request")
+    label = _label(event.endpoint)
     usage = event.usage
     parts = []
     if usage.total_input_tokens or usage.total_output_tokens:

@@ -11,6 +11,7 @@ idempotent, and a crash between commit and Redis is repaired by the reconcile jo
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,20 @@ from tally.pricebook import PriceBookSnapshot
 
 log = get_logger(__name__)
 
-DEFAULT_BATCH = 5000
+DEFAULT_BATCH = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """For fold processes: collect young objects far less often.
+
+    A batch allocates thousands of small objects (decoded events, rows) that hold no cycles;
+    the default thresholds run a collection every 700 allocations and then scan every live
+    batch object again, a quarter of the fold's decoding time. Frozen start-up objects are
+    never scanned.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
 
 # Test hook: called with a point name ("after_writes": inside the transaction, before the
 # checkpoint; "after_commit": before Redis is told). Raising there simulates a crash.
@@ -82,6 +96,7 @@ async def fold_events(
     tenant_ids = list(dict.fromkeys(e.tenant_id for e in events if e.tenant_id is not None))
     if not tenant_ids:
         return FoldedBatch()
+    await repository.prepare(conn)
     states = await repository.load_states(conn, tenant_ids)
     referenced = []
     for stored in events:
@@ -161,7 +176,8 @@ class Folder:
         """Fold shard `index` until caught up (or `max_batches` / the monotonic `deadline`)."""
         await self.check_layout()
         consumer = fold_consumer_name(index, self.shard_count)
-        shard = Shard(index, self.shard_count)
+        # One shard is the whole log: no per-row hash filter.
+        shard = Shard(index, self.shard_count) if self.shard_count > 1 else None
         run = ShardRun()
         # What the handler produced, read once consume_batch says the batch committed.
         batch: list[tuple[FoldedBatch, list[UUID]]] = []

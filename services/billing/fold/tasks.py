@@ -16,7 +16,7 @@ from typing import Any
 
 from arq import func
 
-from billing.fold.service import Folder
+from billing.fold.service import Folder, tune_garbage_collector
 from tally.config import Settings
 from tally.eventlog import EventNotifier
 from tally.live_balance import LiveBalances
@@ -84,6 +84,7 @@ class FoldWaker:
 
 async def on_startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
+    tune_garbage_collector()
     from billing.alerts.tasks import enqueue_deliveries
 
     async def notify(ids: list[Any]) -> None:

@@ -56,7 +56,7 @@ def test_usage_beyond_the_credits_is_debt_that_the_next_purchase_repays_as_paid_
     credits.consumed.clear()
     credits.purchase("p", 100, position=3, at=T0)
     assert credits.balance_nano == 85
-    assert (PAID, "usage", 15) in credits.consumed
+    assert credits.consumed == [(PAID, "usage_debt", 15)]
     assert credits.debt_usage_nano == 0
     credits.check()
 
