@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog clean
+.PHONY: up test lint format bench bench-eventlog bench-fold clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,10 +32,13 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-fold  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
+
+bench-fold: $(VENV)/.synced  ## billing fold: 1 and 2 workers, replay of 1M usage events, memory
+	$(VENV)/bin/python -m bench.fold.run
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

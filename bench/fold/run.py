@@ -279,8 +279,8 @@ async def main(events: int, tenants: int) -> None:
         print(f"built in {built:.1f} s\n")
 
         warm = min(100_000, events // 10)
-        short = run_workers(url, shards=1, max_events=warm)[0]
-        long = run_workers(url, shards=1)[0]
+        short = run_workers(url, shards=1, processes=1, max_events=warm)[0]
+        long = run_workers(url, shards=1, processes=1)[0]
         print("one worker (one process, TALLY_FOLD_SHARDS=1):")
         for label, part in (("first", short), ("next", long)):
             print(
@@ -290,8 +290,16 @@ async def main(events: int, tenants: int) -> None:
             )
 
         await reset_projections(url)
+        [both] = run_workers(url, shards=2, processes=1)
+        print("one worker, two shards (one process folding both shards concurrently):")
+        print(
+            f"  {both['events']:,.0f} events: {both['events'] / both['seconds']:,.0f} events/s,"
+            f" peak RSS {both['peak_rss_mb']:.0f} MB"
+        )
+
+        await reset_projections(url)
         started = time.perf_counter()
-        two = run_workers(url, shards=2)
+        two = run_workers(url, shards=2, processes=2)
         wall = time.perf_counter() - started
         folded = sum(r["events"] for r in two)
         print("two workers (two processes, TALLY_FOLD_SHARDS=2):")

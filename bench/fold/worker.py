@@ -7,6 +7,7 @@ Run by bench.fold.run; not meant to be run by hand.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 
@@ -31,7 +32,7 @@ def peak_rss_mb() -> float:
 async def main(args: argparse.Namespace) -> None:
     tune_garbage_collector()  # as the worker does at start-up
     settings = load_settings({"TALLY_DATABASE_URL": args.database_url})
-    pool = await create_pool(settings, min_size=1, max_size=2)
+    pool = await create_pool(settings, min_size=1, max_size=4)
     client = redis.from_url(args.redis_url)  # type: ignore[no-untyped-call]
     folder = Folder(
         pool, shard_count=args.shards, live=LiveBalances(client), batch_size=args.batch_size
@@ -39,12 +40,18 @@ async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     events = 0
     indexes = [args.index] if args.index is not None else list(range(args.shards))
-    for index in indexes:
+
+    async def fold(index: int) -> None:
+        nonlocal events
         while args.max_events is None or events < args.max_events:
             run = await folder.fold_shard(index, max_batches=1)
             events += run.events
             if run.caught_up:
                 break
+
+    # All shards at once, as one `tally worker` runs the jobs of every shard concurrently:
+    # one shard's Python work overlaps another's wait for Postgres.
+    await asyncio.gather(*(fold(index) for index in indexes))
     seconds = time.perf_counter() - started
     await client.aclose()
     await pool.close()

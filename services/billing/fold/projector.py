@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from uuid import UUID
 
 from billing.fold.credits import Debit, TenantCredits
@@ -34,6 +34,7 @@ from tally.pricing import PricingError, price_usage
 log = get_logger(__name__)
 
 RollupKey = tuple[UUID, UUID, str, datetime]
+_ONE_HOUR = timedelta(hours=1)
 _N_COUNTERS = len(ROLLUP_COUNTERS)
 (
     _REQUESTS,
@@ -96,6 +97,7 @@ class Projector:
     def __init__(self, book: PriceBookSnapshot, *, check_invariants: bool = False) -> None:
         self._book = book
         self._check = check_invariants
+        self._hour = self._hour_end = datetime.min.replace(tzinfo=UTC)
         self._handlers: dict[
             str, Callable[[StoredEvent, UUID, TenantCredits, BatchProjection], None]
         ] = {
@@ -211,12 +213,12 @@ class Projector:
         if request_ids is None:
             request_ids = out.request_ids[tenant_id] = []
         request_ids.append(event.request_id)
-        key = (
-            tenant_id,
-            event.key_id,
-            event.model,
-            occurred.replace(minute=0, second=0, microsecond=0),
-        )
+        # Usage arrives in time order, so the hour is almost always the previous event's.
+        hour = self._hour
+        if not hour <= occurred < self._hour_end:
+            hour = self._hour = occurred.replace(minute=0, second=0, microsecond=0)
+            self._hour_end = hour + _ONE_HOUR
+        key = (tenant_id, event.key_id, event.model, hour)
         counters = out.rollups.get(key)
         if counters is None:
             counters = out.rollups[key] = [0] * _N_COUNTERS
