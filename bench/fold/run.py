@@ -198,10 +198,12 @@ async def build_log(pool: asyncpg.Pool, *, tenants: int, events: int) -> float:
     return time.perf_counter() - started
 
 
-def run_workers(url: str, *, shards: int, max_events: int | None = None) -> list[dict[str, float]]:
-    """Start one worker process per shard (or one for all), wait, collect their reports."""
+def run_workers(
+    url: str, *, shards: int, processes: int, max_events: int | None = None
+) -> list[dict[str, float]]:
+    """Start `processes` worker processes (one per shard, or one for all shards), collect."""
     commands = []
-    for index in range(shards):
+    for index in range(processes):
         command = [
             sys.executable,
             "-m",
@@ -212,9 +214,9 @@ def run_workers(url: str, *, shards: int, max_events: int | None = None) -> list
             REDIS_URL,
             "--shards",
             str(shards),
-            "--index",
-            str(index),
         ]
+        if processes > 1:
+            command += ["--index", str(index)]
         if max_events is not None:
             command += ["--max-events", str(max_events)]
         commands.append(command)
