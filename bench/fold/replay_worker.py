@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import msgspec
@@ -21,6 +22,9 @@ async def main(database_url: str) -> None:
             {
                 "seconds": time.perf_counter() - started,
                 "peak_rss_mb": peak_rss_mb(),
+                # The partition processes replay does its work in (the largest of them).
+                "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                / 1024,
                 "report": msgspec.to_builtins(report),
             }
         )

@@ -320,7 +320,9 @@ async def main(events: int, tenants: int) -> None:
             f"  {report['events_replayed']:,} events in {replay['seconds']:.1f} s"
             f" (rebuild {report['rebuild_seconds']:.1f} s,"
             f" compare {report['compare_seconds']:.1f} s),"
-            f" identical: {report['ok']}, peak RSS {replay['peak_rss_mb']:.0f} MB"
+            f" identical: {report['ok']}, {report['workers']} partition processes;"
+            f" peak RSS {replay['peak_rss_mb']:.0f} MB (coordinator),"
+            f" {replay['children_peak_rss_mb']:.0f} MB (largest partition process)"
         )
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -313,8 +313,13 @@ async def _fold(args: argparse.Namespace) -> int:
             live=live,
             batch_size=res.settings.fold_batch_size,
         )
-        run = await folder.fold_all()
-    emit(args, {"events": run.events, "batches": run.batches}, f"folded {run.events} event(s)")
+        # Everything committed so far, waiting out transactions still running elsewhere.
+        run = await folder.drain(timeout=args.timeout)
+    emit(
+        args,
+        {"events": run.events, "batches": run.batches, "caught_up": run.caught_up},
+        f"folded {run.events} event(s)" + ("" if run.caught_up else " (not caught up yet)"),
+    )
     return 0
 
 
@@ -430,6 +435,7 @@ def register(commands: Any) -> None:
     balance.set_defaults(handler=_handler(_balance))
 
     fold = commands.add_parser("fold", help="fold the log into balances now (catch up)")
+    fold.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     add_json_flag(fold)
     fold.set_defaults(handler=_handler(_fold))
 

@@ -45,12 +45,6 @@ _SET_ARMED = "UPDATE low_balance_alerts SET armed = $2 WHERE tenant_id = ANY($1:
 _SEALED_KEY = """
 SELECT secret_key_id, secret_ciphertext FROM low_balance_alerts WHERE tenant_id = $1
 """
-_NOTIFICATION = """
-SELECT id, tenant_id, kind, position, url, payload::text AS payload, status, attempts,
-       last_status, last_error, next_attempt_at, created_at, delivered_at
-FROM notifications WHERE id = $1
-"""
-_NOTIFICATION_FOR_UPDATE = _NOTIFICATION + " FOR UPDATE SKIP LOCKED"
 _LIST_NOTIFICATIONS = """
 SELECT id, tenant_id, kind, position, url, payload::text AS payload, status, attempts,
        last_status, last_error, next_attempt_at, created_at, delivered_at
@@ -115,12 +109,6 @@ async def set_armed(conn: Connection, tenant_ids: list[UUID], armed: bool) -> No
 
 async def secret_of(conn: Connection, tenant_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(_SEALED_KEY, tenant_id)
-
-
-async def notification(
-    conn: Connection, notification_id: UUID, *, lock: bool = False
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(_NOTIFICATION_FOR_UPDATE if lock else _NOTIFICATION, notification_id)
 
 
 async def list_notifications(

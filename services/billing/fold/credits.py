@@ -430,7 +430,13 @@ class TenantCredits:
         self.balance_nano -= claim.amount_nano
 
     def _drop_pending(self, purchase_id: str, dispute_id: str) -> None:
-        claims = [c for c in self.claims.pending.get(purchase_id, []) if c.dispute_id != dispute_id]
+        # Only the open dispute's freeze: a claim the same dispute id left when it closed
+        # earlier (lost before it opened) is a different claim and stays.
+        claims = [
+            c
+            for c in self.claims.pending.get(purchase_id, [])
+            if not (c.dispute_id == dispute_id and c.kind == "freeze")
+        ]
         if claims:
             self.claims.pending[purchase_id] = claims
         else:
@@ -438,7 +444,7 @@ class TenantCredits:
 
     def _retag_pending(self, purchase_id: str, dispute_id: str, kind: Literal["lost"]) -> None:
         for claim in self.claims.pending.get(purchase_id, []):
-            if claim.dispute_id == dispute_id:
+            if claim.dispute_id == dispute_id and claim.kind == "freeze":
                 claim.kind = kind
 
     def _settle_pending_claim(self, lot: Lot, purchase_id: str, claim: PendingClaim) -> None:
