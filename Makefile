@@ -7,7 +7,7 @@ UV := $(TOOLS)/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway bench-tenant clean
+.PHONY: up test lint format bench bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway bench-tenant bench-fold clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,7 +32,7 @@ format: $(VENV)/.synced
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: bench-eventlog bench-eventlog-storage bench-finance bench-payments bench-gateway bench-tenant  ## every benchmark; each prints its figures and how to rerun it
+bench: bench-eventlog bench-eventlog-storage bench-fold bench-finance bench-payments bench-gateway bench-tenant  ## every benchmark; each prints its figures and how to rerun it
 
 bench-eventlog: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.eventlog.run
@@ -52,6 +52,9 @@ bench-gateway: $(VENV)/.synced
 
 bench-tenant: $(VENV)/.synced
 	$(VENV)/bin/python -m bench.tenant.run
+
+bench-fold: $(VENV)/.synced  ## billing fold: 1 and 2 workers, replay of 1M usage events, memory
+	$(VENV)/bin/python -m bench.fold.run
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

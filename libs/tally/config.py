@@ -312,9 +312,54 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         _doc("How long a finished request waits for its usage event to commit before a 503."),
     ] = 10.0
 
+    # --- billing ---
+    # (starter_credits and starter_credits_expire_days are in the tenant block above)
+    fold_batch_size: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=100_000),
+        _doc(
+            "Most events the billing fold applies per transaction (larger batches fold faster"
+            " when catching up; each commits as one transaction)."
+        ),
+    ] = 10_000
+    fold_poll_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0, le=60),
+        _doc("Fallback polling interval of the fold when no commit notification arrives."),
+    ] = 1.0
+    live_balance_stale_seconds: Annotated[
+        int,
+        msgspec.Meta(ge=10),
+        _doc(
+            "Reconcile drops a Redis unfolded charge whose usage event is still not in the"
+            " unfolded log tail after this long (folded without Redis hearing, or never"
+            " appended)."
+        ),
+    ] = 120
+    alert_webhook_timeout_seconds: Annotated[
+        float, msgspec.Meta(gt=0, le=60), _doc("Timeout of one low-balance webhook delivery.")
+    ] = 10.0
+    alert_webhook_max_attempts: Annotated[
+        int,
+        msgspec.Meta(ge=1, le=50),
+        _doc("Delivery attempts of a low-balance webhook before it is marked failed."),
+    ] = 8
+    alert_webhook_retry_seconds: Annotated[
+        float,
+        msgspec.Meta(gt=0, le=3600),
+        _doc("First retry delay of a failed webhook; doubles per attempt, at most one hour."),
+    ] = 10.0
+
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def starter_credits_nano(self) -> int:
+        """`starter_credits` in nano-credits (validated at load)."""
+        from tally.money import parse_credits
+
+        return parse_credits(self.starter_credits)
 
 
 _FIELD_IN_PATH = re.compile(r"`\$\.(\w+)`")
@@ -340,6 +385,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"{variable}: {exc}") from None
     if settings.db_pool_min > settings.db_pool_max:
         raise SettingsError("TALLY_DB_POOL_MIN: must not exceed TALLY_DB_POOL_MAX")
+    try:
+        if settings.starter_credits_nano < 0:
+            raise SettingsError("TALLY_STARTER_CREDITS: must not be negative")
+    except ValueError as exc:
+        raise SettingsError(f"TALLY_STARTER_CREDITS: {exc}") from None
     if settings.production and not settings.secret_key:
         raise SettingsError("TALLY_SECRET_KEY: required when TALLY_ENV=production")
     if settings.secret_key:

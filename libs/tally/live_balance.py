@@ -17,6 +17,7 @@ exact below 2**53 nano-credits (9 million credits) and within a nano beyond.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 from uuid import UUID
 
@@ -73,6 +74,23 @@ end
 return 1
 """
 
+# apply_fold with the request ids in one argument, separated by newlines (a request id is
+# printable, so never contains one): packing thousands of arguments costs the client far more
+# than splitting one string costs Redis.
+_APPLY_FOLD_PACKED = """
+if redis.call('HEXISTS', KEYS[1], 'balance') == 0 then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1') >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'balance', ARGV[2], 'seq', ARGV[1])
+for id in string.gmatch(ARGV[3], '[^\\n]+') do
+  local charged = redis.call('HGET', KEYS[2], id)
+  if charged then
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HINCRBY', KEYS[1], 'unfolded', '-' .. charged)
+  end
+end
+return 1
+"""
+
 _LOAD = """
 if redis.call('HEXISTS', KEYS[1], 'balance') == 1 then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) end
@@ -83,6 +101,26 @@ local function total(key)
   return string.format('%.0f', sum)
 end
 redis.call('HSET', KEYS[1], 'balance', ARGV[2], 'seq', ARGV[1],
+           'unfolded', total(KEYS[2]), 'holds', total(KEYS[3]))
+return 1
+"""
+
+# Reconcile's repair: install the Postgres view (balance, seq, the unfolded tail) atomically,
+# unless a fold applied a newer seq meanwhile. Unfolded entries not named (settled charges whose
+# usage event is not in the log yet) are kept; `stale` ones (folded, or never appended) go.
+# ARGV: expected-max seq, new seq, balance, n_stale, stale ids..., then id/charge pairs.
+_REBUILD = """
+local current = redis.call('HGET', KEYS[1], 'seq')
+if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+local n_stale = tonumber(ARGV[4])
+for i = 5, 4 + n_stale do redis.call('HDEL', KEYS[2], ARGV[i]) end
+for i = 5 + n_stale, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local function total(key)
+  local sum = 0
+  for _, v in ipairs(redis.call('HVALS', key)) do sum = sum + tonumber(v) end
+  return string.format('%.0f', sum)
+end
+redis.call('HSET', KEYS[1], 'balance', ARGV[3], 'seq', ARGV[2],
            'unfolded', total(KEYS[2]), 'holds', total(KEYS[3]))
 return 1
 """
@@ -123,14 +161,25 @@ class Snapshot(msgspec.Struct, frozen=True):
         return self.balance_nano - self.holds_nano - self.unfolded_nano
 
 
+class FoldApplied(msgspec.Struct, frozen=True):
+    """What one committed fold batch did to one tenant (the arguments of `apply_fold`)."""
+
+    tenant_id: UUID
+    seq: int
+    balance_nano: int
+    folded_request_ids: list[str]
+
+
 class LiveBalances:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._hold = client.register_script(_HOLD)
         self._settle = client.register_script(_SETTLE)
         self._apply_fold = client.register_script(_APPLY_FOLD)
+        self._apply_fold_packed = client.register_script(_APPLY_FOLD_PACKED)
         self._load = client.register_script(_LOAD)
         self._reap = client.register_script(_REAP)
+        self._rebuild = client.register_script(_REBUILD)
 
     async def hold(
         self, tenant_id: UUID, request_id: str, amount_nano: int, *, expires_at: int
@@ -166,6 +215,48 @@ class LiveBalances:
             keys=[bal, unfolded], args=[seq, balance_nano, *folded_request_ids]
         )
         return bool(applied)
+
+    async def apply_folds(self, folds: Sequence[FoldApplied]) -> int:
+        """`apply_fold` for many tenants in one pipelined round trip; returns how many applied."""
+        if not folds:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for fold in folds:
+                bal, _, _, unfolded = _keys(fold.tenant_id)
+                await self._apply_fold_packed(
+                    keys=[bal, unfolded],
+                    args=[fold.seq, fold.balance_nano, "\n".join(fold.folded_request_ids)],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return sum(1 for r in results if r)
+
+    async def unfolded_charges(self, tenant_id: UUID) -> dict[str, int]:
+        """The settled charges Redis counts as not yet folded, by request id."""
+        raw: dict[bytes, bytes] = await self._redis.hgetall(_keys(tenant_id)[3])  # type: ignore[misc]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def rebuild(
+        self,
+        tenant_id: UUID,
+        *,
+        seq: int,
+        balance_nano: int,
+        unfolded: dict[str, int],
+        stale: Sequence[str] = (),
+    ) -> bool:
+        """Overwrite the live balance with Postgres's (reconcile's repair), atomically.
+
+        Refused (False) when a fold already applied a newer seq: the caller's view is stale.
+        Holds are kept; unfolded charges not in `unfolded` are kept unless listed in `stale`.
+        """
+        bal, holds, _, unfolded_key = _keys(tenant_id)
+        pairs = [item for pair in unfolded.items() for item in pair]
+        done = await self._rebuild(
+            keys=[bal, unfolded_key, holds],
+            args=[seq, seq, balance_nano, len(stale), *stale, *pairs],
+        )
+        return bool(done)
 
     async def load(
         self, tenant_id: UUID, *, seq: int, balance_nano: int, unfolded: dict[str, int]
@@ -232,3 +323,40 @@ async def live_balance_from_postgres(
         rows = await conn.fetch(_UNFOLDED_USAGE, tenant_id, fold_consumer_name(shard, fold_shards))
     seq, balance = (row["folded_events"], row["balance_nano"]) if row else (0, 0)
     return seq, balance, {r["request_id"]: r["charge_nano"] for r in rows if r["charge_nano"]}
+
+
+_BALANCES = (
+    "SELECT tenant_id, balance_nano, folded_events FROM balances WHERE tenant_id = ANY($1::uuid[])"
+)
+# The same tail as _UNFOLDED_USAGE, for many tenants at once: each tenant against the checkpoint
+# of its own shard.
+_UNFOLDED_USAGE_MANY = """
+WITH t AS (
+    SELECT tenant_id,
+           $2::text || ':' || mod(hashtextextended(tenant_id::text, 0) & 9223372036854775807,
+                                  $3::int) || '/' || $3::int AS consumer
+    FROM unnest($1::uuid[]) AS tenant_id),
+cp AS (
+    SELECT t.tenant_id, coalesce(c.txid, '0'::xid8) AS txid, coalesce(c.position, 0) AS position
+    FROM t LEFT JOIN consumer_checkpoints c ON c.consumer = t.consumer)
+SELECT e.tenant_id, e.data->>'request_id' AS request_id,
+       (e.data->>'charge_nano')::bigint AS charge_nano
+FROM cp JOIN events e
+  ON e.tenant_id = cp.tenant_id AND e.type = 'UsageRecorded'
+ AND (e.txid, e.position) > (cp.txid, cp.position)
+"""
+
+
+async def live_balances_from_postgres(
+    conn: Connection, tenant_ids: Sequence[UUID], *, fold_shards: int
+) -> dict[UUID, tuple[int, int, dict[str, int]]]:
+    """`live_balance_from_postgres` for many tenants, in one consistent snapshot."""
+    result: dict[UUID, tuple[int, int, dict[str, int]]] = {t: (0, 0, {}) for t in tenant_ids}
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for row in await conn.fetch(_BALANCES, list(tenant_ids)):
+            result[row["tenant_id"]] = (row["folded_events"], row["balance_nano"], {})
+        rows = await conn.fetch(_UNFOLDED_USAGE_MANY, list(tenant_ids), FOLD_CONSUMER, fold_shards)
+    for row in rows:
+        if row["charge_nano"]:
+            result[row["tenant_id"]][2][row["request_id"]] = row["charge_nano"]
+    return result

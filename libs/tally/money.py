@@ -44,10 +44,14 @@ def to_decimal(value: Decimal | int | str) -> Decimal:
         raise MoneyError(f"not a decimal amount: {value!r}") from None
 
 
+_ONE = Decimal(1)
+
+
 def round_nano(amount: Decimal) -> int:
     """The single rounding rule: a Decimal amount of nano-credits to a whole nano, half-up."""
-    with localcontext(EXACT):
-        return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    # The context argument instead of `localcontext`: same rules, a fraction of the cost on a
+    # path the fold runs for every request.
+    return int(amount.quantize(_ONE, rounding=ROUND_HALF_UP, context=EXACT))
 
 
 def credits_to_nano(credits: Decimal | int | str) -> int:

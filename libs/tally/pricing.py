@@ -18,6 +18,7 @@ import msgspec
 from tally.money import EXACT, NANO_PER_CREDIT, round_nano
 
 MILLION = Decimal(1_000_000)
+_ZERO = Decimal(0)
 HUNDRED = Decimal(100)
 
 
@@ -128,17 +129,25 @@ class Charge(msgspec.Struct, frozen=True):
 def base_cost_usd(usage: TokenUsage, price: ModelPrice) -> Decimal:
     """The provider's cost of `usage` in USD, exact."""
     with localcontext(EXACT):
-        tokens = (
-            usage.input_tokens * price.input_per_mtok
-            + usage.cached_input_tokens * price.cached_input
-            + usage.cache_write_tokens * price.cache_write
-            + usage.output_tokens * price.output_per_mtok
-            + usage.reasoning_tokens * price.reasoning
-        ) / MILLION
-        images = sum(
-            (count * price.image_price(key) for key, count in usage.images.items()), Decimal(0)
-        )
-        return tokens + images + price.per_request
+        return _base_cost_usd(usage, price)
+
+
+def _base_cost_usd(usage: TokenUsage, price: ModelPrice) -> Decimal:
+    # EXACT must be in force. The billing fold prices every request again, so this path
+    # avoids work that does not change the result (entering contexts, summing no images).
+    tokens = (
+        usage.input_tokens * price.input_per_mtok
+        + usage.cached_input_tokens * price.cached_input
+        + usage.cache_write_tokens * price.cache_write
+        + usage.output_tokens * price.output_per_mtok
+        + usage.reasoning_tokens * price.reasoning
+    ) / MILLION
+    images = (
+        sum((count * price.image_price(key) for key, count in usage.images.items()), _ZERO)
+        if usage.images
+        else _ZERO
+    )
+    return tokens + images + price.per_request
 
 
 def price_usage(
@@ -148,7 +157,7 @@ def price_usage(
     if credit_price_usd <= 0:
         raise PricingError("the credit price must be positive")
     with localcontext(EXACT):
-        base_usd = base_cost_usd(usage, price)
+        base_usd = _base_cost_usd(usage, price)
         to_nano = NANO_PER_CREDIT / credit_price_usd
         base = base_usd * to_nano
         charged = base * (HUNDRED + margin_pct) / HUNDRED

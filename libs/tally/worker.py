@@ -15,12 +15,21 @@ log = get_logger(__name__)
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
+    from billing import tasks as billing_tasks
+
     ctx["settings"] = get_settings()
     ctx["pool"] = await create_pool(ctx["settings"])
+    # Domain hooks start what lives as long as the worker (e.g. the fold's LISTEN waker).
+    for hook in billing_tasks.STARTUP:
+        await hook(ctx)
     log.info("worker started")
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
+    from billing import tasks as billing_tasks
+
+    for hook in billing_tasks.SHUTDOWN:
+        await hook(ctx)
     await ctx["pool"].close()
     log.info("worker stopped")
 

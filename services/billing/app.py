@@ -1,15 +1,38 @@
-"""The billing service's Litestar application."""
+"""The billing service's Litestar application (:8081)."""
 
 from __future__ import annotations
 
-from litestar import Litestar
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+from litestar import Litestar
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+
+from billing.alerts.endpoints import ROUTES as ALERT_ROUTES
+from billing.balances.endpoints import ROUTES as BALANCE_ROUTES
 from billing.finance.config import finance_config
 from billing.finance.endpoints import finance_router
+from billing.fold.endpoints import ROUTES as FOLD_ROUTES
+from billing.grants.endpoints import ROUTES as GRANT_ROUTES
+from billing.ledger.endpoints import ROUTES as LEDGER_ROUTES
 from billing.payments.endpoints import payments_lifespan, payments_router
-from tally.auth import load_signing_keys
+from billing.prices.endpoints import ROUTES as PRICE_ROUTES
+from billing.usage.endpoints import ROUTES as USAGE_ROUTES
+from tally.auth import load_signing_keys, provide_principal
 from tally.config import Settings, get_settings
 from tally.http import create_service_app
+from tally.live_balance import LiveBalances
+
+ROUTES = [
+    *BALANCE_ROUTES,
+    *LEDGER_ROUTES,
+    *USAGE_ROUTES,
+    *ALERT_ROUTES,
+    *GRANT_ROUTES,
+    *PRICE_ROUTES,
+    *FOLD_ROUTES,
+]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -17,9 +40,23 @@ def create_app(settings: Settings | None = None) -> Litestar:
     finance_config(settings)  # a bad finance setting stops the start, naming the variable
     app = create_service_app(
         "billing",
-        [finance_router, payments_router],
+        [*ROUTES, finance_router, payments_router],
         settings=settings,
-        lifespan=[payments_lifespan],
+        lifespan=[_live_balances, payments_lifespan],
+        on_app_init=[_with_principal],
     )
     app.state.signing_keys = load_signing_keys(settings)
     return app
+
+
+@asynccontextmanager
+async def _live_balances(app: Litestar) -> AsyncIterator[None]:
+    # Runs after the shared lifespan opened Redis.
+    app.state.live = LiveBalances(app.state.redis)
+    yield
+
+
+def _with_principal(config: AppConfig) -> AppConfig:
+    """Every handler can ask for `principal: Principal` (401 without a valid token)."""
+    config.dependencies["principal"] = Provide(provide_principal)
+    return config

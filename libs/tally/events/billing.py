@@ -31,6 +31,8 @@ class PriceChanged(Event, frozen=True):
     margin_pct: Decimal | None
     effective_at: datetime
     actor: Actor
+    # The operator forced a change the book found below base cost (reported, not refused).
+    forced_below_cost: bool = False
 
 
 class DefaultMarginChanged(Event, frozen=True):
@@ -39,6 +41,7 @@ class DefaultMarginChanged(Event, frozen=True):
     price_version: int
     margin_pct: Decimal
     actor: Actor
+    forced_below_cost: bool = False
 
 
 class CreditPriceChanged(Event, frozen=True):

@@ -1,0 +1,252 @@
+"""The billing fold: the log, shard by shard, into balances, ledger, rollups and lots.
+
+`fold_events` is the one code path from events to projections; the live fold (`Folder`, run by
+ARQ jobs) and `tally replay` both call it. The live fold reads each shard with
+`tally.eventlog.consume_batch`, so its writes and its checkpoint commit in one transaction: a
+crash anywhere before the commit leaves neither, and the batch is folded again, once. After the
+commit it tells Redis (the gateway's live balances) and queues low-balance webhooks; both are
+idempotent, and a crash between commit and Redis is repaired by the reconcile job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+
+from billing.alerts import service as alerts
+from billing.errors import FoldLayoutMismatch
+from billing.fold import repository
+from billing.fold.credits import TenantCredits
+from billing.fold.projector import BatchProjection, Projector, referenced_lots
+from tally.db import Connection
+from tally.eventlog import Shard, StoredEvent, consume_batch
+from tally.live_balance import FoldApplied, LiveBalances, fold_consumer_name
+from tally.log import get_logger
+from tally.pricebook import PriceBookSnapshot
+
+log = get_logger(__name__)
+
+DEFAULT_BATCH = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """For fold processes: collect young objects far less often.
+
+    A batch allocates thousands of small objects (decoded events, rows) that hold no cycles;
+    the default thresholds run a collection every 700 allocations and then scan every live
+    batch object again, a quarter of the fold's decoding time. Frozen start-up objects are
+    never scanned.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+
+
+# Test hook: called with a point name ("after_writes": inside the transaction, before the
+# checkpoint; "after_commit": before Redis is told). Raising there simulates a crash.
+FaultHook = Callable[[str], None]
+# Called after a batch committed with the ids of the notifications it created.
+NotificationSink = Callable[[list[UUID]], Awaitable[None]]
+
+
+class PriceBookCache:
+    """The fold's in-memory price book, reloaded when a row is added to it."""
+
+    def __init__(self) -> None:
+        self._snapshot: PriceBookSnapshot | None = None
+
+    async def current(self, conn: Connection) -> PriceBookSnapshot:
+        fingerprint = await PriceBookSnapshot.current_fingerprint(conn)
+        if self._snapshot is None or self._snapshot.fingerprint != fingerprint:
+            self._snapshot = await PriceBookSnapshot.load(conn)
+        return self._snapshot
+
+
+@dataclass(slots=True)
+class FoldedBatch:
+    states: dict[UUID, TenantCredits] = field(default_factory=dict)
+    projection: BatchProjection = field(default_factory=BatchProjection)
+
+    def applied(self) -> list[FoldApplied]:
+        """What Redis must learn, per tenant touched."""
+        return [
+            FoldApplied(
+                tenant_id=tenant_id,
+                seq=state.folded_events,
+                balance_nano=state.balance_nano,
+                folded_request_ids=self.projection.request_ids.get(tenant_id, []),
+            )
+            for tenant_id, state in self.states.items()
+        ]
+
+
+async def fold_events(
+    conn: Connection,
+    events: Sequence[StoredEvent],
+    books: PriceBookCache,
+    *,
+    check_invariants: bool = False,
+) -> FoldedBatch:
+    """Apply `events` (log order) to the projections, in the caller's transaction."""
+    tenant_ids = list(dict.fromkeys(e.tenant_id for e in events if e.tenant_id is not None))
+    if not tenant_ids:
+        return FoldedBatch()
+    await repository.prepare(conn)
+    states = await repository.load_states(conn, tenant_ids)
+    referenced = []
+    for stored in events:
+        if stored.tenant_id is not None:
+            lot_id = referenced_lots(stored, states[stored.tenant_id])
+            if lot_id is not None:
+                referenced.append((stored.tenant_id, lot_id))
+    await repository.load_lots(conn, states, referenced)
+    has_usage = any(e.type == "UsageRecorded" for e in events)
+    book = await books.current(conn) if has_usage else _EMPTY_BOOK
+    projector = Projector(book, check_invariants=check_invariants)
+    out = BatchProjection()
+    for stored in events:
+        tenant_id = stored.tenant_id
+        if tenant_id is not None:
+            projector.apply(stored, tenant_id, states[tenant_id], out)
+    await repository.save_states(conn, states)
+    await repository.add_ledger_lines(conn, out.ledger)
+    await repository.add_rollups(conn, out.rollups)
+    await repository.add_consumption(conn, out.consumption)
+    await repository.add_mismatches(conn, out.mismatches)
+    return FoldedBatch(states, out)
+
+
+_EMPTY_BOOK = PriceBookSnapshot(
+    model_prices=[], default_margins=[], credit_prices=[], tenant_margins=[]
+)
+
+
+@dataclass(slots=True)
+class ShardRun:
+    """What one `fold_shard` call did."""
+
+    events: int = 0
+    batches: int = 0
+    caught_up: bool = False
+
+
+class Folder:
+    """Folds shards of the log for one process (a worker, a CLI command, a benchmark)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        shard_count: int,
+        live: LiveBalances | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        notify: NotificationSink | None = None,
+        fault: FaultHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self.shard_count = shard_count
+        self._live = live
+        self._batch_size = batch_size
+        self._notify = notify
+        self._fault = fault
+        self._books = PriceBookCache()
+        self._layout_checked = False
+
+    async def check_layout(self) -> None:
+        """Refuse to fold under a shard count other than the checkpoints were written with."""
+        if self._layout_checked:
+            return
+        async with self._pool.acquire() as conn:
+            recorded = await repository.ensure_layout(conn, self.shard_count)
+        if recorded != self.shard_count:
+            raise FoldLayoutMismatch(
+                f"the fold checkpoints were written with {recorded} shards but"
+                f" TALLY_FOLD_SHARDS is {self.shard_count}; set it back to {recorded}"
+            )
+        self._layout_checked = True
+
+    async def fold_shard(
+        self, index: int, *, max_batches: int | None = None, deadline: float | None = None
+    ) -> ShardRun:
+        """Fold shard `index` until caught up (or `max_batches` / the monotonic `deadline`)."""
+        await self.check_layout()
+        consumer = fold_consumer_name(index, self.shard_count)
+        # One shard is the whole log: no per-row hash filter.
+        shard = Shard(index, self.shard_count) if self.shard_count > 1 else None
+        run = ShardRun()
+        # What the handler produced, read once consume_batch says the batch committed.
+        batch: list[tuple[FoldedBatch, list[UUID]]] = []
+
+        async def handler(conn: Connection, events: Sequence[StoredEvent]) -> None:
+            folded = await fold_events(conn, events, self._books)
+            created = await alerts.detect_crossings(conn, folded.states, events)
+            if self._fault is not None:
+                self._fault("after_writes")
+            batch.append((folded, created))
+
+        while max_batches is None or run.batches < max_batches:
+            if deadline is not None and time.monotonic() >= deadline:
+                return run
+            batch.clear()
+            count = await consume_batch(
+                self._pool, consumer, handler, limit=self._batch_size, shard=shard
+            )
+            if count == 0:
+                run.caught_up = True
+                return run
+            run.events += count
+            run.batches += 1
+            if self._fault is not None:
+                self._fault("after_commit")
+            await self._after_commit(*batch[-1])
+        return run
+
+    async def fold_all(self) -> ShardRun:
+        """Every shard until caught up, one after the other (CLI and tests)."""
+        total = ShardRun(caught_up=True)
+        for index in range(self.shard_count):
+            run = await self.fold_shard(index)
+            total.events += run.events
+            total.batches += run.batches
+        return total
+
+    async def drain(self, *, timeout: float = 60.0) -> ShardRun:
+        """Fold until every event committed so far is folded (CLI, tests, benchmarks).
+
+        The gap-safe reader stops below the oldest transaction running anywhere in the
+        cluster, so a caught-up fold may still leave committed events for a moment; this
+        waits them out, up to `timeout` seconds.
+        """
+        total = ShardRun()
+        deadline = time.monotonic() + timeout
+        while True:
+            run = await self.fold_all()
+            total.events += run.events
+            total.batches += run.batches
+            async with self._pool.acquire() as conn:
+                behind = await repository.shards_behind(conn, self.shard_count)
+            if not behind:
+                total.caught_up = True
+                return total
+            if time.monotonic() >= deadline:
+                return total
+            await asyncio.sleep(0.02)
+
+    async def _after_commit(self, folded: FoldedBatch, notifications: list[UUID]) -> None:
+        # Both are best effort: Redis repairs itself through reconcile, and undelivered
+        # notifications are picked up by the sweeper.
+        if self._live is not None and folded.states:
+            try:
+                await self._live.apply_folds(folded.applied())
+            except Exception as exc:  # Redis down must not stop the fold
+                log.warning("live balances not updated after fold", error=repr(exc))
+        if notifications and self._notify is not None:
+            try:
+                await self._notify(notifications)
+            except Exception as exc:
+                log.warning("notification delivery not queued", error=repr(exc))

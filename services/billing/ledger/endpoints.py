@@ -1,0 +1,45 @@
+"""Ledger API: one line per balance change, newest first, cursor-paginated."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from billing.accounts.service import require_tenant
+from billing.http_context import connection, parse_moment
+from billing.ledger.schemas import LedgerPage
+from billing.ledger.service import ledger_service
+from tally.auth import Principal
+
+
+@get("/v1/tenants/{tenant_id:uuid}/ledger", tags=["ledger"])
+async def get_ledger(
+    tenant_id: UUID,
+    principal: Principal,
+    state: State,
+    cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    kind: Annotated[str | None, Parameter(description="comma-separated kinds")] = None,
+    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
+) -> LedgerPage:
+    """The tenant's ledger; filter by kind (`usage,grant`) and time (`from` ≤ t < `to`)."""
+    principal.require_tenant(tenant_id)
+    async with connection(state) as conn:
+        await require_tenant(conn, tenant_id)
+        return await ledger_service.page(
+            conn,
+            tenant_id,
+            cursor=cursor,
+            limit=limit,
+            kinds=kind,
+            since=parse_moment(since, "from"),
+            until=parse_moment(until, "to"),
+        )
+
+
+ROUTES = [get_ledger]

@@ -1,0 +1,65 @@
+"""Usage analytics (tenant-scoped) and the operators' revenue overview."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from uuid import UUID
+
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from billing.accounts.service import require_tenant
+from billing.http_context import connection, is_platform, parse_moment
+from billing.usage.schemas import Overview, UsageReport
+from billing.usage.service import usage_service
+from tally.auth import Principal, require_platform_role
+
+
+@get("/v1/tenants/{tenant_id:uuid}/usage", tags=["usage"])
+async def get_usage(
+    tenant_id: UUID,
+    principal: Principal,
+    state: State,
+    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
+    granularity: Literal["hour", "day"] = "day",
+    group_by: Literal["model", "key", "none"] = "model",
+    model: Annotated[str | None, Parameter(max_length=200)] = None,
+    key_id: UUID | None = None,
+) -> UsageReport:
+    """Totals, by model and key, and time series for charts (default: the last 30 days)."""
+    principal.require_tenant(tenant_id)
+    async with connection(state) as conn:
+        await require_tenant(conn, tenant_id)
+        return await usage_service.report(
+            conn,
+            tenant_id,
+            since=parse_moment(since, "from"),
+            until=parse_moment(until, "to"),
+            granularity=granularity,
+            group_by=group_by,
+            model=model,
+            key_id=key_id,
+            platform=is_platform(principal),
+        )
+
+
+@get(
+    "/v1/admin/overview",
+    guards=[require_platform_role("operator", "finance")],
+    tags=["admin"],
+)
+async def get_overview(
+    state: State,
+    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
+    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
+) -> Overview:
+    """Revenue (charges), base cost and margin by model and tenant for a period."""
+    async with connection(state) as conn:
+        return await usage_service.overview(
+            conn, since=parse_moment(since, "from"), until=parse_moment(until, "to")
+        )
+
+
+ROUTES = [get_usage, get_overview]
