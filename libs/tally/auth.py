@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from litestar.connection import ASGIConnection
+from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from tally.config import Settings
@@ -181,7 +182,7 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """Litestar dependency: the verified caller of this request (401 otherwise).
 
-    Register with `dependencies={"principal": Provide(provide_principal)}`; the app state must
+    Every service app registers it (`tally.http.create_service_app`); the app state must
     hold `signing_keys` (see `load_signing_keys`) and `settings`.
     """
     cached = request.scope.get("state", {}).get("principal")
@@ -191,6 +192,10 @@ async def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Prin
     principal = verify_access_token(state.signing_keys, state.settings, bearer_token(request))
     request.scope.setdefault("state", {})["principal"] = principal
     return principal
+
+
+# Registered once, app-wide, by `tally.http.create_service_app`.
+PRINCIPAL_DEPENDENCY = Provide(provide_principal)
 
 
 def require_platform_role(*roles: PlatformRole) -> Any:

@@ -23,6 +23,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from tally import __doc__ as _tally_doc
+from tally.auth import PRINCIPAL_DEPENDENCY
 from tally.config import Settings, get_settings
 from tally.db import create_pool
 from tally.errors import ErrorBody, ErrorResponse, TallyError
@@ -264,6 +265,9 @@ def create_service_app(
         route_handlers=[healthz, readyz, metrics, *route_handlers],
         state=State({"settings": settings, "service": name}),
         lifespan=[_connect_resources, *lifespan],
+        # Any handler may ask for `principal: Principal` (401 without a valid token). Declared once
+        # here: Litestar refuses the same provider declared again on a router or a handler.
+        dependencies={"principal": PRINCIPAL_DEPENDENCY},
         middleware=[request_middleware_for(name)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(

@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.config.app import AppConfig
-from litestar.di import Provide
 
 from billing.alerts.endpoints import ROUTES as ALERT_ROUTES
 from billing.balances.endpoints import ROUTES as BALANCE_ROUTES
@@ -19,7 +17,7 @@ from billing.ledger.endpoints import ROUTES as LEDGER_ROUTES
 from billing.payments.endpoints import payments_lifespan, payments_router
 from billing.prices.endpoints import ROUTES as PRICE_ROUTES
 from billing.usage.endpoints import ROUTES as USAGE_ROUTES
-from tally.auth import load_signing_keys, provide_principal
+from tally.auth import load_signing_keys
 from tally.config import Settings, get_settings
 from tally.http import create_service_app
 from tally.live_balance import LiveBalances
@@ -43,7 +41,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         [*ROUTES, finance_router, payments_router],
         settings=settings,
         lifespan=[_live_balances, payments_lifespan],
-        on_app_init=[_with_principal],
     )
     app.state.signing_keys = load_signing_keys(settings)
     return app
@@ -54,9 +51,3 @@ async def _live_balances(app: Litestar) -> AsyncIterator[None]:
     # Runs after the shared lifespan opened Redis.
     app.state.live = LiveBalances(app.state.redis)
     yield
-
-
-def _with_principal(config: AppConfig) -> AppConfig:
-    """Every handler can ask for `principal: Principal` (401 without a valid token)."""
-    config.dependencies["principal"] = Provide(provide_principal)
-    return config

@@ -20,7 +20,6 @@ from litestar.di import Provide
 from litestar.exceptions import ValidationException
 from litestar.openapi.spec import Components, SecurityScheme
 
-from tally.auth import provide_principal
 from tally.config import Settings, get_settings
 from tally.http import create_service_app
 from tenant.api_keys.endpoints import ROUTES as API_KEY_ROUTES
@@ -100,7 +99,6 @@ def _on_too_many_attempts(_request: Request[Any, Any, Any], exc: TooManyAttempts
 def _configure(config: AppConfig) -> AppConfig:
     config.dependencies.update(
         {
-            "principal": Provide(provide_principal),
             "runtime": Provide(provide_runtime, sync_to_thread=False),
         }
     )

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 from litestar import Response, Router, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
@@ -37,7 +37,11 @@ from billing.finance.schemas import (
     json_schema,
 )
 from billing.finance.service import finance_service
-from tally.auth import PlatformRole, Principal, provide_principal, require_platform_role
+from tally.auth import (
+    PlatformRole,
+    Principal,
+    require_platform_role,
+)
 from tally.db import Connection
 from tally.errors import NotFound
 
@@ -295,7 +299,7 @@ finance_router = Router(
         get_document,
         get_schema,
     ],
-    dependencies={"principal": Provide(provide_principal)},
+    # `principal` comes from the billing app (one provider per key across all layers).
     tags=["finance"],
 )
 

@@ -6,14 +6,13 @@ The fold turns them into lots and ledger lines; nothing here touches a balance d
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import asyncpg
 
 from billing.errors import InvalidBillingRequest
 from billing.grants import repository
 from billing.grants.schemas import AdjustmentIn, AdjustmentOut, GrantIn, GrantOut
-from tally.config import Settings
 from tally.db import Connection
 from tally.eventlog import NewEvent, append_events
 from tally.events.billing import BalanceAdjusted, CreditsExpired, CreditsGranted
@@ -21,27 +20,6 @@ from tally.events.tenant import Actor
 from tally.log import get_logger
 
 log = get_logger(__name__)
-
-
-def starter_grant(settings: Settings, tenant_id: uuid.UUID, *, now: datetime) -> NewEvent | None:
-    """The starter credits of a new tenant, for the tenant service to append with TenantCreated.
-
-    None when TALLY_STARTER_CREDITS is 0. Idempotent per tenant (key "starter:<tenant_id>").
-    """
-    amount = settings.starter_credits_nano
-    if amount <= 0:
-        return None
-    days = settings.starter_credits_expire_days
-    event = CreditsGranted(
-        tenant_id=tenant_id,
-        grant_id=uuid.uuid5(uuid.NAMESPACE_URL, f"tally:starter:{tenant_id}"),
-        amount_nano=amount,
-        kind="starter",
-        reason="Welcome credits",
-        actor=Actor(kind="system"),
-        expires_at=now + timedelta(days=days) if days else None,
-    )
-    return NewEvent(event, f"starter:{tenant_id}")
 
 
 class GrantService:

@@ -40,7 +40,12 @@ from billing.payments.schemas import (
     WebhookReceived,
 )
 from billing.payments.service import PaymentsService
-from tally.auth import Principal, TenantRole, provide_principal, require_platform_role
+from tally.auth import (
+    Principal,
+    TenantRole,
+    provide_principal,
+    require_platform_role,
+)
 from tally.errors import Forbidden
 from tally.events.tenant import Actor
 from tally.http import bind_tenant
@@ -214,7 +219,6 @@ payments_router = Router(
         stripe_webhook,
     ],
     dependencies={
-        "principal": Provide(provide_principal),
         "runtime": Provide(_runtime, sync_to_thread=False),
     },
 )

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from typing import Any
 
 import asyncpg
@@ -15,12 +17,19 @@ from billing import tasks as billing_tasks
 from billing.payments import tasks as payments_tasks
 from tally import cli
 from tally.config import Settings
+from tally.money import credits_to_nano
 from tally.worker import _shutdown, _startup
 from tests.fakes.stripe_api import FakeStripe, WebhookSender
-from tests.integration.payments.conftest import Tenants, buy, deliver, money_events
+from tests.integration.payments.conftest import (
+    Tenants,
+    admin_of,
+    buy,
+    deliver,
+    money_events,
+)
 
 
-async def test_a_real_arq_worker_processes_what_the_webhook_queued(
+async def test_a_purchase_reaches_the_balance_through_a_real_worker_exactly_once(
     billing: httpx.AsyncClient,
     payment_settings: Settings,
     fake_stripe: FakeStripe,
@@ -28,30 +37,70 @@ async def test_a_real_arq_worker_processes_what_the_webhook_queued(
     tenants: Tenants,
     pool: asyncpg.Pool,
 ) -> None:
+    """Checkout, signed webhook, ARQ job, CreditsPurchased, the fold, and the balance API."""
     tenant = await tenants.create()
     created = await buy(billing, payment_settings, tenant, credits=15)
     events = fake_stripe.complete_checkout(created["session_id"])
     await deliver(billing, sender, events)
+    await deliver(billing, sender, events)  # Stripe redelivers: stored once, credited once
 
     worker = Worker(
         functions=billing_tasks.FUNCTIONS,
         redis_settings=RedisSettings.from_dsn(payment_settings.redis_url),
-        on_startup=_startup,
+        on_startup=_startup,  # the worker's own start-up: pool, fold waker
         on_shutdown=_shutdown,
-        burst=True,
         handle_signals=False,
         poll_delay=0.05,
     )
+    running = asyncio.create_task(worker.main())
     try:
-        await worker.main()
+        balance = await _balance_once_folded(billing, payment_settings, tenant, credits=15)
+        # Refund a third: the refund travels the same way and takes back its share.
+        charge = fake_stripe.charge_of(created["session_id"])["id"]
+        await deliver(billing, sender, fake_stripe.refund(charge, 500))
+        balance = await _balance_once_folded(billing, payment_settings, tenant, credits=10)
     finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
         await worker.close()
 
     assert worker.jobs_failed == 0
-    assert worker.jobs_complete == len(events)  # one job per stored event
-    ((kind, key, data),) = await money_events(pool, tenant)
-    assert (kind, key) == ("CreditsPurchased", f"purchase:{created['order_id']}")
-    assert data["paid_minor"] == 1500
+    assert balance["available_nano"] == balance["balance_nano"]
+    async with pool.acquire() as conn:
+        statuses = await conn.fetch(
+            "SELECT event_id, status FROM stripe_webhook_events WHERE event_id = ANY($1::text[])",
+            [event["id"] for event in events],
+        )
+    assert len(statuses) == len(events)
+    assert {row["status"] for row in statuses} <= {"processed", "ignored"}
+    kinds = [(kind, key) for kind, key, _ in await money_events(pool, tenant)]
+    assert kinds[0] == ("CreditsPurchased", f"purchase:{created['order_id']}")
+    assert [kind for kind, _ in kinds] == ["CreditsPurchased", "CreditsRefunded"]
+    ledger = await billing.get(
+        f"/v1/tenants/{tenant}/ledger", headers=admin_of(payment_settings, tenant)
+    )
+    assert ledger.status_code == 200, ledger.text
+    amounts = sorted(line["amount_nano"] for line in ledger.json()["data"])
+    assert amounts == [-credits_to_nano(5), credits_to_nano(15)]
+
+
+async def _balance_once_folded(
+    billing: httpx.AsyncClient, settings: Settings, tenant: uuid.UUID, *, credits: int
+) -> dict[str, Any]:
+    """The tenant's balance from the billing API once the fold has applied `credits` (or fail)."""
+    body: dict[str, Any] = {}
+    for _ in range(400):
+        response = await billing.get(
+            f"/v1/tenants/{tenant}/balance", headers=admin_of(settings, tenant)
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        folded = body["folded_balance_nano"] == body["balance_nano"] and not body["pending_events"]
+        if folded and body["balance_nano"] == credits_to_nano(credits):
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"balance never reached {credits} credits: {body}")
 
 
 async def test_the_sweeper_processes_stored_events_whose_job_was_lost(
