@@ -33,7 +33,7 @@ from tally.pricing import PricingError, price_usage
 
 log = get_logger(__name__)
 
-RollupKey = tuple[UUID, UUID, str, datetime]
+RollupKey = tuple[UUID, UUID, str, str, datetime]
 _ONE_HOUR = timedelta(hours=1)
 _N_COUNTERS = len(ROLLUP_COUNTERS)
 (
@@ -218,7 +218,7 @@ class Projector:
         if not hour <= occurred < self._hour_end:
             hour = self._hour = occurred.replace(minute=0, second=0, microsecond=0)
             self._hour_end = hour + _ONE_HOUR
-        key = (tenant_id, event.key_id, event.model, hour)
+        key = (tenant_id, event.key_id, event.model, event.provider or "", hour)
         counters = out.rollups.get(key)
         if counters is None:
             counters = out.rollups[key] = [0] * _N_COUNTERS

@@ -73,7 +73,7 @@ MONEY_TABLES: dict[str, tuple[str, ...]] = {
         "expired_nano",
     ),
     "ledger_entries": repository.LEDGER_COLUMNS,
-    "usage_rollups": ("tenant_id", "key_id", "model", "hour", *repository.ROLLUP_COUNTERS),
+    "usage_rollups": (*repository.ROLLUP_KEY, *repository.ROLLUP_COUNTERS),
     "credit_consumption_daily": ("tenant_id", "day", "funding", "reason", "amount_nano"),
     "pricing_mismatches": (
         "position",

@@ -56,7 +56,8 @@ CREATE TEMP TABLE IF NOT EXISTS fold_stage_lots (
     opened_at timestamptz, expired_position bigint, expired_nano bigint
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS fold_stage_rollups (
-    tenant_id uuid, key_id uuid, model text, hour timestamptz, requests bigint, errors bigint,
+    tenant_id uuid, key_id uuid, model text, provider text, hour timestamptz, requests bigint,
+    errors bigint,
     input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
     output_tokens bigint, reasoning_tokens bigint, images bigint, base_nano bigint,
     charge_nano bigint, margin_nano bigint, paid_nano bigint, promo_nano bigint,
@@ -161,10 +162,12 @@ ROLLUP_COUNTERS = (
     "mismatches",
 )
 
+ROLLUP_KEY = ("tenant_id", "key_id", "model", "provider", "hour")
+_ROLLUP_COLUMNS = ", ".join((*ROLLUP_KEY, *ROLLUP_COUNTERS))
 # Additive: a rollup row gets the batch's increments (exactly once, with the checkpoint).
 _ADD_ROLLUPS = f"""
-INSERT INTO usage_rollups SELECT * FROM fold_stage_rollups
-ON CONFLICT (tenant_id, key_id, model, hour) DO UPDATE SET
+INSERT INTO usage_rollups ({_ROLLUP_COLUMNS}) SELECT {_ROLLUP_COLUMNS} FROM fold_stage_rollups
+ON CONFLICT ({", ".join(ROLLUP_KEY)}) DO UPDATE SET
     {", ".join(f"{c} = usage_rollups.{c} + EXCLUDED.{c}" for c in ROLLUP_COUNTERS)}
 """  # noqa: S608
 _CLEAR_ROLLUPS = "DELETE FROM fold_stage_rollups"
@@ -360,12 +363,14 @@ async def add_ledger_lines(conn: Connection, rows: list[tuple[object, ...]]) -> 
 
 
 async def add_rollups(
-    conn: Connection, rollups: dict[tuple[UUID, UUID, str, datetime], list[int]]
+    conn: Connection, rollups: dict[tuple[UUID, UUID, str, str, datetime], list[int]]
 ) -> None:
     if not rollups:
         return
     await conn.copy_records_to_table(
-        "fold_stage_rollups", records=[(*key, *counters) for key, counters in rollups.items()]
+        "fold_stage_rollups",
+        records=[(*key, *counters) for key, counters in rollups.items()],
+        columns=(*ROLLUP_KEY, *ROLLUP_COUNTERS),
     )
     await conn.execute(_ADD_ROLLUPS)
     await conn.execute(_CLEAR_ROLLUPS)

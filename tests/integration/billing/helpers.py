@@ -88,6 +88,7 @@ async def gateway_usage(
     occurred_at: datetime | None = None,
     charge_delta: int = 0,
     version: int | None = None,
+    provider: str = "openai",
 ) -> UsageRecorded:
     """A usage event priced the way the gateway prices it (current version, same code)."""
     occurred = occurred_at or datetime.now(UTC)
@@ -114,4 +115,5 @@ async def gateway_usage(
         status="ok",
         latency_ms=100,
         occurred_at=occurred,
+        provider=provider,
     )

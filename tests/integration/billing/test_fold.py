@@ -86,6 +86,7 @@ async def test_usage_is_priced_again_and_debits_grants_before_purchases(
     assert lines[2]["description"] == (
         "Chat completion with gpt-x: 100,000 input + 50,000 output tokens"
     )
+    assert (rollup["provider"], rollup["requests"]) == ("openai", 1)
     assert (rollup["requests"], rollup["input_tokens"], rollup["output_tokens"]) == (
         1,
         100_000,
