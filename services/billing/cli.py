@@ -39,6 +39,7 @@ from tally.errors import TallyError
 from tally.events.tenant import Actor
 from tally.log import configure_logging
 from tally.money import MoneyError, format_credits, parse_credits, to_decimal
+from tally.supervisor import command_settings
 
 
 @dataclass
@@ -50,9 +51,7 @@ class _Resources:
 
 @asynccontextmanager
 async def _resources(*, need_redis: bool = False) -> AsyncIterator[_Resources]:
-    settings = get_settings()
-    if not settings.database_url:
-        raise SettingsError("TALLY_DATABASE_URL: required by this command")
+    settings = command_settings()
     try:
         pool = await create_pool(settings, min_size=1, max_size=4)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -343,9 +342,7 @@ async def _replay(args: argparse.Namespace) -> int:
 
     if not args.verify:
         raise CommandError("only `tally replay --verify` exists: it never changes live data")
-    settings = get_settings()
-    if not settings.database_url:
-        raise SettingsError("TALLY_DATABASE_URL: required by this command")
+    settings = command_settings()
     report = await replay_verify(settings.database_url, batch_size=settings.fold_batch_size)
     lines = [
         f"replayed {report.events_replayed} event(s) in {report.seconds} s:"

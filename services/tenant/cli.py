@@ -18,13 +18,12 @@ from uuid import UUID
 import msgspec
 
 from tally.cli import CommandError, add_json_flag, emit
-from tally.config import get_settings
 from tally.crypto import SecretKeyError
 from tally.errors import TallyError
 from tally.events.tenant import Actor
 from tally.log import configure_logging
 from tally.money import MoneyError, parse_credits
-from tally.supervisor import settings_with_running_stack
+from tally.supervisor import command_settings
 from tenant.api_keys.schemas import ApiKeyCreate, ApiKeyRotate
 from tenant.api_keys.service import api_key_service
 from tenant.catalog.schemas import ModelCreate, ModelUpdate, RouteCreate
@@ -92,15 +91,9 @@ def _read_secret(prompt: str) -> str:
 
 def _runner(command: Command) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        # Beside a `tally up` with embedded databases, use those.
-        settings = settings_with_running_stack(get_settings())
+        settings = command_settings()
         # Logs go to stderr, so stdout carries nothing but the command's result.
         configure_logging(settings)
-        if not settings.database_url:
-            raise CommandError(
-                "TALLY_DATABASE_URL is not set and no `tally up` runs with this data folder"
-                " (TALLY_DATA_DIR): point it at the stack's Postgres"
-            )
 
         async def main() -> int:
             async with open_runtime(settings) as runtime:

@@ -58,6 +58,55 @@ def get(url: str) -> int:
         return 0
 
 
+def readme_first_request() -> str:
+    """The shell block under the README's "First request" heading."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## First request", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def run_first_request(env: dict[str, str], gateway_port: int, tmp_path: Path) -> str:
+    """Run the README's block with its two documented substitutions: the fake's base URL for
+    the provider, and this test's gateway port. Returns what the last command printed."""
+    script = readme_first_request()
+    fake_port, fake_key = free_port(), "sk-test-0000000000"
+    assert "--api-key-stdin" in script and "localhost:8080" in script
+    script = script.replace(
+        "--kind openai --api-key-stdin",
+        f"--kind openai --api-key-stdin --base-url http://127.0.0.1:{fake_port}/v1",
+    ).replace("localhost:8080", f"127.0.0.1:{gateway_port}")
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.openai_upstream",
+            "--port",
+            str(fake_port),
+            "--api-key",
+            fake_key,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: get(f"http://127.0.0.1:{fake_port}/v1/models") != 0, 30, "the fake")
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=ROOT,
+            env={**env, "OPENAI_API_KEY": fake_key},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_up_serves_every_service_restarts_a_dead_child_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("gateway", "billing", "tenant")}
@@ -91,18 +140,14 @@ def test_up_serves_every_service_restarts_a_dead_child_and_stops_cleanly(tmp_pat
         assert f"http://127.0.0.1:{ports['gateway']}" in log_path.read_text()
         assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()
 
-        # Operator commands beside `tally up` find its embedded databases on their own.
-        created = subprocess.run(
-            [sys.executable, "-m", "tally.cli", "tenant", "create", "Demo", "--json"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert created.returncode == 0, created.stderr
-        assert json.loads(created.stdout)["name"] == "Demo"
+        # The README's "First request", as written, against a fake OpenAI: operator commands
+        # beside `tally up` find its embedded databases on their own, and the call is charged.
+        answer = json.loads(run_first_request(env, ports["gateway"], tmp_path))
+        usage = answer["usage"]
+        assert answer["choices"][0]["message"]["content"]
+        # gpt-4o at $2.5 / $10 per million tokens, margin 20 %: 3,000 and 12,000 nano a token.
+        expected = usage["prompt_tokens"] * 3_000 + usage["completion_tokens"] * 12_000
+        assert usage["cost_nano"] == expected > 0
 
         children = children_of(up.pid)
         assert len(children) == 4

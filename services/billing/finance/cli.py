@@ -36,19 +36,17 @@ from billing.finance.repository import TenantRow
 from billing.finance.schemas import FinanceDocument, Statement
 from billing.finance.service import finance_service
 from tally.cli import CommandError, add_json_flag, emit
-from tally.config import SettingsError, get_settings
 from tally.db import create_pool
 from tally.errors import TallyError
 from tally.log import configure_logging
+from tally.supervisor import command_settings
 
 T = TypeVar("T")
 _EXTENSION = {"csv": "csv", "json": "json", "pdf": "zip"}
 
 
 def _run(work: Callable[[asyncpg.Pool, FinanceConfig], Awaitable[T]]) -> T:
-    settings = get_settings()
-    if not settings.database_url:
-        raise SettingsError("TALLY_DATABASE_URL: required by finance commands")
+    settings = command_settings()
     config = finance_config(settings)
     configure_logging(settings)  # log lines go to stderr: stdout is the command's result
 

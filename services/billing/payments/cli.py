@@ -17,11 +17,11 @@ from billing.payments.runtime import PaymentsRuntime
 from billing.payments.schemas import CheckoutRequest, CreatePackRequest
 from billing.payments.service import PaymentsService
 from tally.cli import CommandError, add_json_flag, emit
-from tally.config import SettingsError, get_settings
 from tally.db import create_pool
 from tally.errors import TallyError
 from tally.events.tenant import Actor
 from tally.log import configure_logging
+from tally.supervisor import command_settings
 
 T = TypeVar("T")
 CLI_ACTOR = Actor(kind="cli")
@@ -71,10 +71,8 @@ def register(commands: Any) -> None:
 
 
 def _run(work: Callable[[PaymentsRuntime], Awaitable[T]]) -> T:
-    settings = get_settings()
+    settings = command_settings()
     configure_logging(settings)
-    if not settings.database_url:
-        raise SettingsError("TALLY_DATABASE_URL: required by this command")
 
     async def main() -> T:
         pool = await create_pool(settings, min_size=1, max_size=2)
