@@ -41,6 +41,12 @@ FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[])
 ON CONFLICT (tenant_id, kind, position) DO NOTHING
 RETURNING id
 """
+# Only for a tenant with a webhook (its low-balance alert's URL); no row otherwise.
+_INSERT_TENANT_NOTIFICATION = """
+INSERT INTO notifications (id, tenant_id, kind, url, payload)
+SELECT $1, tenant_id, $3, url, $4::text::jsonb FROM low_balance_alerts WHERE tenant_id = $2
+RETURNING id
+"""
 _SET_ARMED = "UPDATE low_balance_alerts SET armed = $2 WHERE tenant_id = ANY($1::uuid[])"
 _SEALED_KEY = """
 SELECT secret_key_id, secret_ciphertext FROM low_balance_alerts WHERE tenant_id = $1
@@ -100,6 +106,15 @@ async def insert_notifications(
     columns = list(zip(*rows, strict=True))
     inserted = await conn.fetch(_INSERT_NOTIFICATIONS, *(list(c) for c in columns))
     return [r["id"] for r in inserted]
+
+
+async def insert_tenant_notification(
+    conn: Connection, notification_id: UUID, tenant_id: UUID, kind: str, payload: str
+) -> bool:
+    inserted = await conn.fetchval(
+        _INSERT_TENANT_NOTIFICATION, notification_id, tenant_id, kind, payload
+    )
+    return inserted is not None
 
 
 async def set_armed(conn: Connection, tenant_ids: list[UUID], armed: bool) -> None:

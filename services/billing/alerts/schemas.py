@@ -35,7 +35,7 @@ class LowBalanceAlertOut(msgspec.Struct, kw_only=True, omit_defaults=True):
 class NotificationOut(msgspec.Struct, kw_only=True):
     id: UUID
     tenant_id: UUID
-    kind: Literal["low_balance"]
+    kind: Literal["low_balance", "payment_failed", "auto_topup_failed"]
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_status: int | None

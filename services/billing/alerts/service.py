@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -211,6 +211,30 @@ async def detect_crossings(
     for tenant_id in fired:
         log.info("low balance alert", tenant_id=str(tenant_id))
     return created
+
+
+async def queue_webhook(
+    conn: Connection,
+    tenant_id: UUID,
+    *,
+    notification_id: UUID,
+    kind: Literal["payment_failed", "auto_topup_failed"],
+    data: dict[str, Any],
+) -> bool:
+    """Queue a signed webhook to the tenant's alert URL, in the caller's transaction.
+
+    False when the tenant has no webhook. Delivered like `balance.low` (signed, retried); the
+    sweeper picks it up within a minute of the commit. The caller makes it once per occasion.
+    """
+    payload = {
+        "id": str(notification_id),
+        "type": kind.replace("_failed", ".failed"),
+        "created_at": datetime.now(UTC).isoformat(),
+        "data": {"tenant_id": str(tenant_id), **data},
+    }
+    return await repository.insert_tenant_notification(
+        conn, notification_id, tenant_id, kind, msgspec.json.encode(payload).decode()
+    )
 
 
 # --- delivery: run by the worker ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from decimal import Decimal, localcontext
 from typing import Any, Literal
 from uuid import UUID
 
+from billing.alerts.service import queue_webhook
 from billing.payments import repository as repo
 from billing.payments.currency import format_minor
 from billing.payments.repository import OrderRow
@@ -261,6 +262,7 @@ async def fail_order(
     )
     amount = format_minor(order.price_minor, order.currency)
     credits = format_credits(order.amount_nano, places=9).rstrip("0").rstrip(".")
+    kind: Literal["payment_failed", "auto_topup_failed"]
     if source == "auto_topup":
         disabled_reason = f"the automatic charge of {amount} failed: {reason}"
         await repo.disable_auto_topup(conn, order.tenant_id, disabled_reason)
@@ -295,18 +297,17 @@ async def notify_tenant(
     conn: Connection,
     tenant_id: UUID,
     *,
-    kind: str,
+    kind: Literal["payment_failed", "auto_topup_failed"],
     message: str,
     data: dict[str, Any],
     dedupe_key: str,
 ) -> bool:
-    """Record a message for the tenant's admins (once per dedupe key) and log it.
-
-    A table and a log line for now; the billing webhook notifier can read this table later.
-    """
+    """Tell the tenant's admins, once per dedupe key: a row their API lists, a log line, and a
+    signed webhook to the tenant's alert URL when it has one."""
+    notification_id = uuid.uuid4()
     inserted = await repo.insert_notification(
         conn,
-        notification_id=uuid.uuid4(),
+        notification_id=notification_id,
         tenant_id=tenant_id,
         kind=kind,
         message=message,
@@ -315,4 +316,11 @@ async def notify_tenant(
     )
     if inserted:
         log.warning("tenant notified", tenant_id=str(tenant_id), kind=kind, message=message)
+        await queue_webhook(
+            conn,
+            tenant_id,
+            notification_id=notification_id,
+            kind=kind,
+            data={"message": message, **data},
+        )
     return inserted

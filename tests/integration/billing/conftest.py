@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 from billing.app import create_app
 from tally.auth import Principal, SigningKeys, issue_access_token, new_signing_key_entry
 from tally.config import Settings, get_settings
+from tests.fakes.webhook_receiver import receiver  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import msgspec
-import pytest
-from aiohttp import web
 from arq.connections import RedisSettings
-from arq.worker import Worker
 
 from billing.alerts import tasks as alert_tasks
 from billing.alerts.schemas import LowBalanceAlertIn
@@ -23,6 +18,7 @@ from billing.alerts.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 from billing.fold.service import Folder
 from tally.config import Settings, get_settings
 from tally.events.billing import CreditsGranted
+from tests.fakes.webhook_receiver import Receiver, run_delivery_worker
 from tests.integration.billing.helpers import (
     ACTOR,
     append,
@@ -34,62 +30,10 @@ from tests.integration.billing.helpers import (
 CREDIT = 10**9
 
 
-class Receiver:
-    """A customer's webhook endpoint: fails the first `failures` calls, then accepts."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.failures = failures
-        self.calls: list[tuple[dict[str, str], bytes, float]] = []
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.calls.append((dict(request.headers), await request.read(), time.monotonic()))
-        if len(self.calls) <= self.failures:
-            return web.Response(status=503)
-        return web.Response(status=204)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hook.url = f"http://127.0.0.1:{port}/hook"
-    yield hook
-    await runner.cleanup()
-
-
 def _settings() -> Settings:
     return msgspec.structs.replace(
         get_settings(), alert_webhook_retry_seconds=0.2, alert_webhook_max_attempts=4
     )
-
-
-async def _run_worker(pool: asyncpg.Pool, redis_url: str, settings: Settings) -> None:
-    """A real ARQ worker (burst: it stops when the queue, including retries, is empty)."""
-
-    async def startup(ctx: dict[str, Any]) -> None:
-        ctx["pool"] = pool
-        ctx["settings"] = settings
-
-    worker = Worker(
-        functions=alert_tasks.FUNCTIONS,
-        redis_settings=RedisSettings.from_dsn(redis_url),
-        on_startup=startup,
-        on_shutdown=alert_tasks.on_shutdown,
-        burst=True,
-        poll_delay=0.05,
-        handle_signals=False,
-    )
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 async def _fold_and_queue(pool: asyncpg.Pool, redis_url: str) -> list[uuid.UUID]:
@@ -148,7 +92,7 @@ async def test_crossing_the_threshold_sends_one_signed_webhook_per_crossing(
     )
     assert await _fold_and_queue(pool, redis_url) == []
     assert len(first) == 1
-    await _run_worker(pool, redis_url, settings)
+    await run_delivery_worker(pool, redis_url, settings)
 
     assert len(receiver.calls) == 1
     headers, body, _ = receiver.calls[0]
@@ -177,7 +121,7 @@ async def test_crossing_the_threshold_sends_one_signed_webhook_per_crossing(
     )
     second = await _fold_and_queue(pool, redis_url)
     assert len(second) == 1
-    await _run_worker(pool, redis_url, settings)
+    await run_delivery_worker(pool, redis_url, settings)
     assert len(receiver.calls) == 2
     async with pool.acquire() as conn:
         page = await alert_service.notifications(conn, tenant, cursor=None, limit=10)
@@ -206,7 +150,7 @@ async def test_a_failing_receiver_gets_retries_with_growing_delays_then_the_deli
         ),
     )
     [notification] = await _fold_and_queue(pool, redis_url)
-    await _run_worker(pool, redis_url, settings)
+    await run_delivery_worker(pool, redis_url, settings)
 
     assert len(receiver.calls) == 3
     gaps = [b[2] - a[2] for a, b in zip(receiver.calls, receiver.calls[1:], strict=False)]
@@ -238,7 +182,7 @@ async def test_a_receiver_that_never_answers_marks_the_notification_failed(
         ),
     )
     [notification] = await _fold_and_queue(pool, redis_url)
-    await _run_worker(pool, redis_url, settings)
+    await run_delivery_worker(pool, redis_url, settings)
     assert len(receiver.calls) == settings.alert_webhook_max_attempts
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM notifications WHERE id = $1", notification)
@@ -274,6 +218,6 @@ async def test_the_sweeper_queues_deliveries_whose_job_was_lost(
         assert await alert_tasks.sweep_notifications({"pool": pool, "redis": arq_redis}) == 1
     finally:
         await arq_redis.aclose()
-    await _run_worker(pool, redis_url, settings)
+    await run_delivery_worker(pool, redis_url, settings)
     assert len(receiver.calls) == 1
     assert datetime.now(UTC)  # delivered once, by the swept job

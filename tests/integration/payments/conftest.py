@@ -24,6 +24,7 @@ from billing.payments.runtime import PaymentsRuntime
 from tally.auth import Principal, SigningKeys, issue_access_token, new_signing_key_entry
 from tally.config import Settings, get_settings
 from tests.fakes.stripe_api import FakeStripe, WebhookSender
+from tests.fakes.webhook_receiver import receiver  # noqa: F401 (a fixture)
 
 WEBHOOK_SECRET = "whsec_test_current_secret"
 OLD_WEBHOOK_SECRET = "whsec_test_previous_secret"

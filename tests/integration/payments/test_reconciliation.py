@@ -24,8 +24,12 @@ from tests.integration.payments.conftest import (
 )
 
 
+# One window for the whole module: computing it twice could straddle a second and disagree.
+_NOW = datetime.now(UTC)
+
+
 def period() -> dict[str, str]:
-    now = datetime.now(UTC)
+    now = _NOW
     return {
         "period_start": (now - timedelta(hours=1)).isoformat(),
         "period_end": (now + timedelta(hours=1)).isoformat(),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -11,11 +12,13 @@ import structlog
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from billing.alerts.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify
 from billing.payments import service as payments_service
 from billing.payments.fulfilment import StripeEventProcessor
 from billing.payments.runtime import PaymentsRuntime
 from tally.config import Settings
 from tests.fakes.stripe_api import FakeStripe, WebhookSender
+from tests.fakes.webhook_receiver import Receiver, run_delivery_worker
 from tests.integration.payments.conftest import (
     OLD_WEBHOOK_SECRET,
     WEBHOOK_SECRET,
@@ -25,6 +28,7 @@ from tests.integration.payments.conftest import (
     deliver_and_process,
     money_events,
     process,
+    token,
 )
 
 
@@ -274,6 +278,50 @@ async def test_a_failed_async_payment_credits_nothing_and_notifies_the_tenant_on
         headers={"Authorization": _member(payment_settings, tenant)},
     )
     assert order.json()["status"] == "failed"
+
+
+async def test_a_failed_payment_is_also_sent_signed_to_the_tenants_webhook_once(
+    billing: httpx.AsyncClient,
+    payment_settings: Settings,
+    fake_stripe: FakeStripe,
+    sender: WebhookSender,
+    runtime: PaymentsRuntime,
+    tenants: Tenants,
+    pool: asyncpg.Pool,
+    redis_url: str,
+    receiver: Receiver,
+) -> None:
+    tenant = await tenants.create()
+    admin = {"Authorization": token(payment_settings, tenants={tenant: "admin"})["Authorization"]}
+    configured = await billing.put(
+        f"/v1/tenants/{tenant}/alerts/low-balance",
+        json={"threshold_nano": 0, "url": receiver.url},
+        headers=admin,
+    )
+    assert configured.status_code == 200, configured.text
+    secret = configured.json()["signing_secret"]
+    created = await buy(billing, payment_settings, tenant, credits=40)
+    events = fake_stripe.complete_checkout(created["session_id"], delayed=True)
+    events += fake_stripe.settle_delayed_payment(created["session_id"], succeed=False)
+    await deliver_and_process(billing, sender, runtime, events)
+    await deliver_and_process(billing, sender, runtime, events)  # redelivered: told once
+
+    await run_delivery_worker(pool, redis_url, payment_settings, sweep=True)
+
+    ((headers, body, _),) = receiver.calls
+    assert verify(headers[SIGNATURE_HEADER], body, secret, now=int(time.time())) > 0
+    payload = json.loads(body)
+    assert payload["type"] == "payment.failed"
+    assert payload["data"]["tenant_id"] == str(tenant)
+    assert payload["data"]["order_id"] == created["order_id"]
+    assert "$40.00" in payload["data"]["message"]
+    notes = await billing.get(f"/v1/tenants/{tenant}/notifications", headers=admin)
+    assert [(n["kind"], n["status"]) for n in notes.json()["data"]] == [
+        ("payment_failed", "delivered")
+    ]
+    # The same notification id in the payment notifications and on the webhook.
+    listed = await billing.get(f"/billing/tenants/{tenant}/payment-notifications", headers=admin)
+    assert headers[EVENT_ID_HEADER] == listed.json()["data"][0]["id"] == payload["id"]
 
 
 async def test_events_that_are_not_tallys_are_ignored(
