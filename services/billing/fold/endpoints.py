@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 
 from billing.fold import repository
 from billing.fold.schemas import Drift, DriftPage, Mismatch, MismatchPage
@@ -21,9 +21,9 @@ _READ = [require_platform_role("operator", "finance")]
 @get("/v1/admin/pricing-mismatches", guards=_READ, tags=["admin"])
 async def get_mismatches(
     state: State,
-    tenant_id: UUID | None = None,
-    before: Annotated[int | None, Parameter(ge=1)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    tenant_id: FromQuery[UUID | None] = None,
+    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
 ) -> MismatchPage:
     """Usage whose recorded charge differs from the fold's recomputation, newest first."""
     async with connection(state) as conn:
@@ -35,9 +35,9 @@ async def get_mismatches(
 @get("/v1/admin/live-balance-drift", guards=_READ, tags=["admin"])
 async def get_drift(
     state: State,
-    tenant_id: UUID | None = None,
-    before: Annotated[int | None, Parameter(ge=1)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    tenant_id: FromQuery[UUID | None] = None,
+    before: Annotated[int | None, QueryParameter(ge=1)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
 ) -> DriftPage:
     """Differences reconcile found between Redis and Postgres, and whether it repaired them."""
     async with connection(state) as conn:

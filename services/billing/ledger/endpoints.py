@@ -7,7 +7,7 @@ from uuid import UUID
 
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from billing.accounts.service import require_tenant
 from billing.http_context import connection, parse_moment
@@ -21,11 +21,11 @@ async def get_ledger(
     tenant_id: UUID,
     principal: Principal,
     state: State,
-    cursor: Annotated[str | None, Parameter(max_length=200)] = None,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    kind: Annotated[str | None, Parameter(description="comma-separated kinds")] = None,
-    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
-    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
+    cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    kind: Annotated[str | None, QueryParameter(description="comma-separated kinds")] = None,
+    since: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+    until: Annotated[str | None, QueryParameter(name="to", max_length=64)] = None,
 ) -> LedgerPage:
     """The tenant's ledger; filter by kind (`usage,grant`) and time (`from` ≤ t < `to`)."""
     principal.require_tenant(tenant_id)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import get, post, put
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from billing.http_context import actor_of, connection, parse_moment
 from billing.prices.schemas import (
@@ -27,7 +27,7 @@ _WRITE = [require_platform_role("operator")]
 
 @get("/v1/admin/prices", guards=_READ, tags=["prices"])
 async def get_price_book(
-    state: State, at: Annotated[str | None, Parameter(query="at", max_length=64)] = None
+    state: State, at: Annotated[str | None, QueryParameter(name="at", max_length=64)] = None
 ) -> PriceBookOut:
     """The book in force (at `at`, default now), scheduled changes and below-cost findings."""
     async with connection(state) as conn:

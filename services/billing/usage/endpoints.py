@@ -7,7 +7,7 @@ from uuid import UUID
 
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromQuery, QueryParameter
 
 from billing.accounts.service import require_tenant
 from billing.http_context import connection, is_platform, parse_moment
@@ -21,12 +21,12 @@ async def get_usage(
     tenant_id: UUID,
     principal: Principal,
     state: State,
-    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
-    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
-    granularity: Literal["hour", "day"] = "day",
-    group_by: Literal["model", "key", "none"] = "model",
-    model: Annotated[str | None, Parameter(max_length=200)] = None,
-    key_id: UUID | None = None,
+    since: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+    until: Annotated[str | None, QueryParameter(name="to", max_length=64)] = None,
+    granularity: FromQuery[Literal["hour", "day"]] = "day",
+    group_by: FromQuery[Literal["model", "key", "none"]] = "model",
+    model: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    key_id: FromQuery[UUID | None] = None,
 ) -> UsageReport:
     """Totals, by model and key, and time series for charts (default: the last 30 days)."""
     principal.require_tenant(tenant_id)
@@ -52,8 +52,8 @@ async def get_usage(
 )
 async def get_overview(
     state: State,
-    since: Annotated[str | None, Parameter(query="from", max_length=64)] = None,
-    until: Annotated[str | None, Parameter(query="to", max_length=64)] = None,
+    since: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+    until: Annotated[str | None, QueryParameter(name="to", max_length=64)] = None,
 ) -> Overview:
     """Revenue (charges), base cost and margin by model and tenant for a period."""
     async with connection(state) as conn:

@@ -15,7 +15,7 @@ from tenant.audit.service import audit_service
 from tenant.pagination import DEFAULT_LIMIT
 from tenant.params import Caller, Cursor, Limit, Services
 
-Types = Annotated[list[str] | None, QueryParameter(query="type", max_items=50)]
+Types = Annotated[list[str] | None, QueryParameter(name="type", max_items=50)]
 ActorId = Annotated[str | None, QueryParameter(max_length=200)]
 ActorKind = Literal["user", "cli", "system"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from uuid import UUID
 
 from litestar import delete, get, patch, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from tally.auth import require_platform_role
 from tenant.catalog.schemas import (
@@ -31,7 +31,7 @@ def _model_name(path: Path) -> str:
 
 @get("/v1/catalog/models", tags=["catalog"])
 async def list_models(
-    principal: Caller, runtime: Services, include_disabled: bool = False
+    principal: Caller, runtime: Services, include_disabled: FromQuery[bool] = False
 ) -> ModelList:
     """The public models; operators also see each model's routes."""
     async with runtime.pool.acquire() as conn:

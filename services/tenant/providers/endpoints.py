@@ -5,7 +5,7 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Router, get, patch, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from tally.auth import require_platform_role
 from tally.events.tenant import ProviderKind
@@ -33,7 +33,9 @@ async def add_credential(
 
 @get("/")
 async def list_credentials(
-    runtime: Services, kind: ProviderKind | None = None, include_disabled: bool = True
+    runtime: Services,
+    kind: FromQuery[ProviderKind | None] = None,
+    include_disabled: FromQuery[bool] = True,
 ) -> CredentialList:
     async with runtime.pool.acquire() as conn:
         return await provider_service.list_credentials(

@@ -23,7 +23,6 @@ from tests.integration.payments.conftest import (
     token,
 )
 
-
 # One window for the whole module: computing it twice could straddle a second and disagree.
 _NOW = datetime.now(UTC)
 
