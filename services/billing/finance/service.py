@@ -700,7 +700,7 @@ class FinanceService:
         self, conn: Connection, config: FinanceConfig, period: Period
     ) -> AsyncIterator[Statement]:
         """Every tenant's statement of `period`: streamed from storage once the period is
-        closed, computed from the log while it is open. Call inside a repeatable-read
+        closed, computed from billing's projections while open. Call inside a repeatable-read
         transaction."""
         if await repository.period_row(conn, str(period)) is not None:
             async for body in repository.stream_statement_bodies(conn, str(period)):
@@ -738,7 +738,8 @@ class FinanceService:
 
         Every purchase and refund of those months is invoiced first. One still hidden behind
         a running transaction (the log is read gap-safely) defers the close: `CloseDeferred`
-        after `wait_seconds`, and the next run tries again.
+        after `wait_seconds`, and the next run tries again. So does a billing fold that has not
+        applied every event those months need: statements are read from its projections.
         """
         now = now or datetime.now(UTC)
         tz = config.tz
@@ -752,20 +753,26 @@ class FinanceService:
         issued = await self._issue_everything_before(
             pool, config, target.ends_at(tz), now, wait_seconds
         )
-        await self._wait_for_billing_fold(pool, target.ends_at(tz), wait_seconds)
         async with pool.acquire() as conn:
             first_at = await repository.first_event_at(conn)
             already = {row["period"] for row in await repository.period_rows(conn)}
         if first_at is None:
             return CloseResult(closed=[], documents_issued=issued)
-        closed: list[ClosedPeriod] = []
+        due: list[Period] = []
         period = period_of(first_at, tz)
         while period <= target:
             if str(period) not in already:
-                result = await self._close_one(pool, config, period)
-                if result is not None:
-                    closed.append(result)
+                due.append(period)
             period = period.next()
+        if not due:
+            return CloseResult(closed=[], documents_issued=issued)
+        # The latest due month's end covers every earlier one.
+        await self._wait_for_billing_fold(pool, due[-1].ends_at(tz), wait_seconds)
+        closed: list[ClosedPeriod] = []
+        for period in due:
+            result = await self._close_one(pool, config, period)
+            if result is not None:
+                closed.append(result)
         return CloseResult(closed=closed, documents_issued=issued)
 
     async def _issue_everything_before(
