@@ -3,8 +3,10 @@ clock, a fold that is behind, disputes and repaid debt as the ledger records the
 
 from __future__ import annotations
 
+import itertools
+import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
@@ -17,15 +19,18 @@ from billing.finance.repository import tenant_by_id
 from billing.finance.schemas import Statement
 from billing.finance.service import finance_service, statement_lines_sum
 from tally.config import get_settings
-from tally.events.billing import CreditsFrozen, CreditsUnfrozen
+from tally.events.billing import BalanceAdjusted, CreditsExpired, CreditsFrozen, CreditsUnfrozen
+from tally.events.tenant import Actor
 from tests.integration.finance.conftest import (
     C,
     add_tenant,
     at,
     fold,
+    granted,
     issue_all,
     purchased,
     record,
+    refunded,
     used,
 )
 
@@ -156,3 +161,79 @@ async def test_usage_no_credits_covered_is_debt_until_a_purchase_repays_it(
     assert april.totals.debt_settled_paid_nano == 5 * C
     assert (april.closing.paid_nano, april.closing.debt_nano) == (15 * C, 0)
     assert april.closing_balance_nano == 15 * C
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_histories_give_statements_that_chain_and_agree_with_billings_lots(
+    pool: asyncpg.Pool, berlin: FinanceConfig, seed: int
+) -> None:
+    rng = random.Random(seed)
+    tenant = await add_tenant(pool, f"Random {seed}")
+    purchases: list[tuple[str, int]] = []
+    grants: list[uuid.UUID] = []
+    moment = at("2025-02-27T20:00")
+    for n in range(40):
+        moment += timedelta(hours=rng.randrange(1, 60))
+        if moment >= at("2025-05-01"):
+            break
+        roll = rng.random()
+        if roll < 0.15 or not purchases:
+            credits = rng.randrange(1, 30)
+            purchases.append((f"cs_{seed}_{n}", credits))
+            await record(pool, purchased(tenant, f"cs_{seed}_{n}", credits, credits * 100), moment)
+        elif roll < 0.25:
+            grant = granted(tenant, rng.randrange(1, 5), expires_at=moment + timedelta(days=20))
+            grants.append(grant.grant_id)
+            await record(pool, grant, moment)
+        elif roll < 0.3 and grants:
+            expiry = CreditsExpired(tenant_id=tenant, grant_id=grants.pop(0))
+            await record(pool, expiry, moment)
+        elif roll < 0.35:
+            purchase_id, credits = purchases[rng.randrange(len(purchases))]
+            await record(pool, refunded(tenant, f"re_{seed}_{n}", purchase_id, 1, 100), moment)
+        elif roll < 0.4:
+            adjustment = BalanceAdjusted(
+                tenant_id=tenant,
+                adjustment_id=uuid.uuid4(),
+                amount_nano=rng.choice([1, -1]) * rng.randrange(1, C),
+                reason="correction",
+                actor=Actor(kind="cli"),
+            )
+            await record(pool, adjustment, moment)
+        else:
+            charge = rng.randrange(1, 3 * C)
+            # Occurred up to a minute before it was recorded: across a bound now and then.
+            occurred = moment - timedelta(seconds=rng.randrange(0, 60))
+            await record(pool, used(tenant, "gpt-4o", charge, charge // 3, at=occurred), moment)
+    await fold(pool)
+
+    months = [Period(2025, 2), MARCH, APRIL, Period(2025, 5)]
+    statements = [await statement(pool, berlin, tenant, month) for month in months]
+    assert statements[0].opening_balance_nano == 0
+    for earlier, later in itertools.pairwise(statements):
+        assert later.opening_balance_nano == earlier.closing_balance_nano
+        assert later.opening == earlier.closing
+    for s in statements:
+        assert s.opening_balance_nano + statement_lines_sum(s) == s.closing_balance_nano
+        assert s.totals.usage_nano == (
+            s.totals.usage_paid_nano
+            + s.totals.usage_promotional_nano
+            + s.totals.usage_unfunded_nano
+        )
+    # After the last month every event is in: the positions are billing's lots and debt now.
+    last = statements[-1].closing
+    lots = await pool.fetch(
+        "SELECT funding, sum(remaining_nano + frozen_nano) AS left FROM credit_lots"
+        " WHERE tenant_id = $1 GROUP BY funding",
+        tenant,
+    )
+    left = {row["funding"]: int(row["left"]) for row in lots}
+    balance = await pool.fetchrow(
+        "SELECT balance_nano, debt_usage_nano, debt_other_nano FROM balances WHERE tenant_id = $1",
+        tenant,
+    )
+    assert last.balance_nano == balance["balance_nano"]
+    assert last.paid_nano == left.get("paid", 0)
+    assert last.promotional_nano == left.get("promotional", 0)
+    assert last.debt_nano == balance["debt_usage_nano"]
+    assert last.frozen_nano == balance["debt_other_nano"]
