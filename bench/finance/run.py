@@ -1,15 +1,16 @@
-"""Finance benchmark: exporting a tenant-month of 1,000,000 requests, and the all-tenant CSV of
-10,000 tenants (time and peak memory), plus the month-end close that precedes it.
+"""Finance benchmark: a tenant-month of 1,000,000 requests as a statement, and the all-tenant CSV
+of 10,000 tenants (time and peak memory), plus the month-end close that precedes it.
 
 Rerun: make bench-finance   (or: .venv/bin/python -m bench.finance.run [--requests N]
-[--tenants N])
+[--tenants N] [--per-tenant N])
 Uses a throwaway database on TALLY_BENCH_PG_ADMIN_URL (default: local Postgres on :5432).
 
-The statement figures are read from the event log itself (finance's LOG SOURCE, see
-billing/finance/repository.py). The billing fold's hourly rollups are not on this branch, so the
-harness also times the same usage query against a rollup-shaped table it fills itself
-(`bench_usage_rollups`: tenant x key x model x hour), as the estimate of the path finance takes
-once it reads billing's rollups.
+Finance reads the billing fold's projections, so the harness measures that path: it writes
+the log (usage priced by the real pricing code at a real price-book version, so the fold finds
+no mismatch), folds it with billing's own fold (`Folder.drain`, timed apart: the workers do that
+work continuously in production, not when finance asks), and then times the statements,
+exports and close. The reconciliation's log reference (usage parsed from every event) is timed
+too, as the cost of the old path and of the check.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -33,20 +35,39 @@ from billing.finance.config import finance_config
 from billing.finance.documents.csv_export import stream_statements_csv
 from billing.finance.documents.pdf import render_statement_pdf
 from billing.finance.period import Period
-from billing.finance.repository import tenant_by_id
+from billing.finance.repository import log_usage_by_model, tenant_by_id
 from billing.finance.service import finance_service
+from billing.fold.service import Folder
+from billing.prices.schemas import PriceIn
+from billing.prices.service import price_service
 from tally.config import load_settings
 from tally.db import create_pool
+from tally.events.tenant import Actor
 from tally.migrations import apply_migrations
+from tally.pricebook import current_price_version, effective_price
+from tally.pricing import TokenUsage, price_usage
 
 ADMIN_URL = os.environ.get(
     "TALLY_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PERIOD = Period(2025, 3)
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "gemini-pro", "deepseek-chat"]
+# USD per million tokens: input, cached input, output.
+PRICES = {
+    "gpt-4o": ("2.5", "1.25", "10"),
+    "gpt-4o-mini": ("0.15", "0.075", "0.6"),
+    "claude-sonnet": ("3", "0.3", "15"),
+    "gemini-pro": ("1.25", "0.31", "5"),
+    "deepseek-chat": ("0.27", "0.07", "1.1"),
+}
+ACTOR = Actor(kind="system", id="bench")
+# Request g's model and token counts depend on g mod 3000 only (see _GENERATE_USAGE), so 3,000
+# charges priced in Python cover every generated event.
+SHAPES = 3000
 
 # One month of usage for one tenant, generated inside Postgres: the same JSON a UsageRecorded
-# event holds, spread evenly over March 2025 (UTC), 10 API keys, 5 models.
+# event holds, spread evenly over March 2025 (UTC), 10 API keys, 5 models, each charge the one
+# the pricing code gives ($7, $8: charge and base by g mod 3000; $9: the price version).
 _GENERATE_USAGE = """
 INSERT INTO events (type, schema_version, tenant_id, idempotency_key, data, recorded_at)
 SELECT 'UsageRecorded', 1, $1::uuid, 'bench-' || $1::text || '-' || g,
@@ -56,7 +77,8 @@ SELECT 'UsageRecorded', 1, $1::uuid, 'bench-' || $1::text || '-' || g,
          'model', ($3::text[])[1 + g % 5], 'endpoint', '/v1/chat/completions',
          'usage', json_build_object('input_tokens', 1000 + g % 500, 'cached_input_tokens', g % 200,
                                     'output_tokens', 200 + g % 300),
-         'price_version', 1, 'charge_nano', 1000000 + g % 7919, 'base_nano', 800000 + g % 997,
+         'price_version', $9::bigint, 'charge_nano', ($7::bigint[])[1 + g % 3000],
+         'base_nano', ($8::bigint[])[1 + g % 3000],
          'status', 'ok', 'latency_ms', 300, 'occurred_at', $4::timestamptz + g * $5::interval,
          'provider', split_part(($3::text[])[1 + g % 5], '-', 1)),
        $4::timestamptz + g * $5::interval
@@ -68,40 +90,60 @@ INSERT INTO events (type, schema_version, tenant_id, idempotency_key, data, reco
 VALUES ($1, 1, $2, $3, $4::json, $5)
 """
 
-_ROLLUP_TABLE = """
-CREATE TABLE bench_usage_rollups (
-    tenant_id uuid NOT NULL, key_id uuid NOT NULL, model text NOT NULL, provider text NOT NULL,
-    hour timestamptz NOT NULL, requests bigint NOT NULL, input_tokens bigint NOT NULL,
-    cached_input_tokens bigint NOT NULL, cache_write_tokens bigint NOT NULL,
-    output_tokens bigint NOT NULL, reasoning_tokens bigint NOT NULL, base_nano bigint NOT NULL,
-    charge_nano bigint NOT NULL,
-    PRIMARY KEY (tenant_id, hour, key_id, model, provider)
-)
-"""
-_FILL_ROLLUPS = """
-INSERT INTO bench_usage_rollups
-SELECT e.tenant_id, u.key_id, u.model, coalesce(u.provider, ''),
-       date_trunc('hour', e.recorded_at), count(*),
-       sum(coalesce(t.input_tokens, 0)), sum(coalesce(t.cached_input_tokens, 0)),
-       sum(coalesce(t.cache_write_tokens, 0)), sum(coalesce(t.output_tokens, 0)),
-       sum(coalesce(t.reasoning_tokens, 0)), sum(u.base_nano), sum(u.charge_nano)
-FROM events e
-CROSS JOIN LATERAL json_to_record(e.data)
-    AS u(key_id uuid, model text, provider text, base_nano bigint, charge_nano bigint, usage json)
-CROSS JOIN LATERAL json_to_record(u.usage)
-    AS t(input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
-         output_tokens bigint, reasoning_tokens bigint)
-WHERE e.type = 'UsageRecorded'
-GROUP BY 1, 2, 3, 4, 5
-"""
-_USAGE_FROM_ROLLUPS = """
-SELECT model, provider, sum(requests), sum(input_tokens), sum(cached_input_tokens),
-       sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens), sum(base_nano),
-       sum(charge_nano)
-FROM bench_usage_rollups
-WHERE tenant_id = $1 AND hour >= $2 AND hour < $3
-GROUP BY model, provider
-"""
+
+async def set_prices(pool: asyncpg.Pool) -> tuple[int, list[int], list[int]]:
+    """Prices for the five models; the price version and each usage shape's charge and base."""
+    async with pool.acquire() as conn:
+        for model, (price_in, price_cached, price_out) in PRICES.items():
+            await price_service.set_price(
+                conn,
+                None,
+                PriceIn(
+                    model=model,
+                    input_per_mtok=Decimal(price_in),
+                    cached_input_per_mtok=Decimal(price_cached),
+                    output_per_mtok=Decimal(price_out),
+                    margin_pct=Decimal(25),
+                    effective_at=datetime(2020, 1, 1, tzinfo=UTC),
+                ),
+                ACTOR,
+            )
+        version = await current_price_version(conn)
+        prices = {
+            model: await effective_price(
+                conn, tenant_id=None, model=model, version=version, at=PERIOD.starts_at(UTC)
+            )
+            for model in MODELS
+        }
+    charges, bases = [], []
+    for g in range(SHAPES):
+        price = prices[MODELS[g % 5]]
+        assert price is not None
+        priced = price_usage(
+            TokenUsage(
+                input_tokens=1000 + g % 500,
+                cached_input_tokens=g % 200,
+                output_tokens=200 + g % 300,
+            ),
+            price.price,
+            margin_pct=price.margin_pct,
+            credit_price_usd=price.credit_price_usd,
+        )
+        charges.append(priced.charge_nano)
+        bases.append(priced.base_nano)
+    return version, charges, bases
+
+
+async def fold_log(pool: asyncpg.Pool, results: dict[str, float], label: str) -> None:
+    """Billing's fold over the whole log, as the workers run it (one shard)."""
+    events = await pool.fetchval("SELECT count(*) FROM events")
+    print(f"folding {events:,} events with billing's fold ...", flush=True)
+    started = time.perf_counter()
+    await Folder(pool, shard_count=1).drain(timeout=7200)
+    seconds = time.perf_counter() - started
+    timed(label, seconds, results)
+    print(f"  {events / seconds:,.0f} events/s", flush=True)
+    await pool.execute("ANALYZE")
 
 
 async def create_database() -> tuple[str, str]:
@@ -158,7 +200,12 @@ def timed(label: str, seconds: float, results: dict[str, float]) -> None:
     print(f"  {label}: {seconds:.3f} s", flush=True)
 
 
-async def big_tenant(pool: asyncpg.Pool, requests: int, results: dict[str, float]) -> None:
+async def big_tenant(
+    pool: asyncpg.Pool,
+    requests: int,
+    pricing: tuple[int, list[int], list[int]],
+    results: dict[str, float],
+) -> None:
     settings = load_settings({**os.environ, "TALLY_DATABASE_URL": ""})
     config = finance_config(settings)
     tenant_id = uuid.uuid4()
@@ -168,24 +215,23 @@ async def big_tenant(pool: asyncpg.Pool, requests: int, results: dict[str, float
     print(f"generating {requests:,} usage events for one tenant-month ...", flush=True)
     started = time.perf_counter()
     await add_purchase(pool, tenant_id, 0, start)
-    chunk = 100_000
-    for first in range(1, requests + 1, chunk):
-        last = min(requests, first + chunk - 1)
-        await pool.execute(
-            _GENERATE_USAGE, tenant_id, last, MODELS, start, timedelta(seconds=step_seconds), first
-        )
+    await generate_usage(pool, tenant_id, 1, requests, start, step_seconds, pricing)
     await add_purchase(pool, tenant_id, 1, start.replace(day=15))
     await pool.execute("ANALYZE events")
     print(f"  generated in {time.perf_counter() - started:.1f} s", flush=True)
+    await fold_log(pool, results, "fold_big_tenant_s")
 
-    print("tenant-month statement from the event log:", flush=True)
+    print("tenant-month statement from billing's projections:", flush=True)
     started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         tenant = await tenant_by_id(conn, tenant_id)
         assert tenant is not None
         statement = await finance_service.statement(conn, config, tenant, PERIOD)
-    timed("statement_from_log_s", time.perf_counter() - started, results)
+    timed("statement_s", time.perf_counter() - started, results)
     assert sum(line.requests for line in statement.usage_lines) == requests
+    assert statement.totals.usage_nano == sum(
+        pricing[1][g % SHAPES] for g in range(1, requests + 1)
+    )
     started = time.perf_counter()
 
     async def one():  # type: ignore[no-untyped-def]
@@ -196,22 +242,49 @@ async def big_tenant(pool: asyncpg.Pool, requests: int, results: dict[str, float
     timed("statement_render_csv_pdf_s", time.perf_counter() - started, results)
     print(f"  csv {len(csv_bytes)} bytes, pdf {len(pdf_bytes)} bytes", flush=True)
 
-    print("the same usage figures from a rollup-shaped table (tenant x key x model x hour):")
+    print("the same usage from the log (the reconciliation's reference, the old path):")
     started = time.perf_counter()
-    await pool.execute(_ROLLUP_TABLE)
-    await pool.execute(_FILL_ROLLUPS)
-    rows = await pool.fetchval("SELECT count(*) FROM bench_usage_rollups")
-    print(f"  filled {rows:,} rollup rows in {time.perf_counter() - started:.1f} s")
-    started = time.perf_counter()
-    usage = await pool.fetch(_USAGE_FROM_ROLLUPS, tenant_id, start, end)
-    timed("usage_from_rollups_s", time.perf_counter() - started, results)
-    assert sum(int(row[2]) for row in usage) == requests
-    assert sum(int(row[9]) for row in usage) == statement.totals.usage_nano
-    await pool.execute("DROP TABLE bench_usage_rollups")
+    async with pool.acquire() as conn:
+        from_log = await log_usage_by_model(conn, start, end, tenant_id)
+    timed("usage_from_log_s", time.perf_counter() - started, results)
+    assert sum(agg.charge_nano for agg in from_log) == statement.totals.usage_nano
+
+
+async def generate_usage(
+    pool: asyncpg.Pool,
+    tenant_id: uuid.UUID,
+    first: int,
+    last: int,
+    start: datetime,
+    step_seconds: float,
+    pricing: tuple[int, list[int], list[int]],
+) -> None:
+    version, charges, bases = pricing
+    chunk = 100_000
+    for low in range(first, last + 1, chunk):
+        high = min(last, low + chunk - 1)
+        await pool.execute(
+            _GENERATE_USAGE,
+            tenant_id,
+            high,
+            MODELS,
+            start,
+            timedelta(seconds=step_seconds),
+            low,
+            charges,
+            bases,
+            version,
+        )
 
 
 async def many_tenants(
-    pool: asyncpg.Pool, tenants: int, per_tenant: int, results: dict[str, float]
+    pool: asyncpg.Pool,
+    tenants: int,
+    per_tenant: int,
+    pricing: tuple[int, list[int], list[int]],
+    results: dict[str, float],
+    *,
+    pdf_zip: bool = True,
 ) -> None:
     settings = load_settings({**os.environ, "TALLY_DATABASE_URL": ""})
     config = finance_config(settings)
@@ -230,11 +303,10 @@ async def many_tenants(
     step = (PERIOD.ends_at(config.tz) - start).total_seconds() / (per_tenant + 2)
     for n, tenant_id in enumerate(ids):
         await add_purchase(pool, tenant_id, 0, start.replace(day=1 + n % 27))
-        await pool.execute(
-            _GENERATE_USAGE, tenant_id, per_tenant, MODELS, start, timedelta(seconds=step), 1
-        )
+        await generate_usage(pool, tenant_id, 1, per_tenant, start, step, pricing)
     await pool.execute("ANALYZE events")
     print(f"  generated in {time.perf_counter() - started:.1f} s", flush=True)
+    await fold_log(pool, results, "fold_many_tenants_s")
 
     with tempfile.TemporaryDirectory() as folder:
         env = {**os.environ, "TALLY_DATABASE_URL": pool_url}
@@ -275,6 +347,8 @@ async def many_tenants(
         timed("all_tenant_invoice_csv_s", measured["seconds"], results)
         results["all_tenant_invoice_csv_peak_mib"] = round(measured["peak_rss_mib"], 1)
         print(f"  peak RSS {measured['peak_rss_mib']:.0f} MiB", flush=True)
+        if not pdf_zip:
+            return
         zip_path = Path(folder) / "documents.zip"
         measured = run_cli(
             env,
@@ -310,10 +384,17 @@ def run_cli(env: dict[str, str], *args: str) -> dict[str, float]:
 
 async def main() -> None:
     global pool_url
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        description="Finance on billing's projections: a big tenant-month, then many tenants."
+    )
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--per-tenant", type=int, default=20)
+    parser.add_argument(
+        "--no-pdf-zip",
+        action="store_true",
+        help="skip the all-tenant ZIP of PDFs (minutes at 10,000 tenants; finance-independent)",
+    )
     args = parser.parse_args()
     name, url = await create_database()
     pool_url = url
@@ -324,11 +405,24 @@ async def main() -> None:
         settings = load_settings({"TALLY_DATABASE_URL": url})
         pool = await create_pool(settings, min_size=1, max_size=4)
         try:
+            pricing = await set_prices(pool)
             if args.requests:
-                await big_tenant(pool, args.requests, results)
-            await pool.execute("TRUNCATE events, tenants, consumer_checkpoints CASCADE")
+                await big_tenant(pool, args.requests, pricing, results)
+            # Start the second case from an empty log and empty projections.
+            await pool.execute(
+                "TRUNCATE events, tenants, consumer_checkpoints, balances, ledger_entries,"
+                " usage_rollups, credit_lots, credit_consumption_daily, pricing_mismatches,"
+                " fold_layout CASCADE"
+            )
             if args.tenants:
-                await many_tenants(pool, args.tenants, args.per_tenant, results)
+                await many_tenants(
+                    pool,
+                    args.tenants,
+                    args.per_tenant,
+                    pricing,
+                    results,
+                    pdf_zip=not args.no_pdf_zip,
+                )
         finally:
             await pool.close()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -70,6 +71,23 @@ def _optional_file(variable: str, path: str) -> str | None:
     return path
 
 
+def _require_whole_hour_month_starts(timezone: str) -> None:
+    # Finance reads usage from billing's rollups, which are hourly in UTC: a month can only be
+    # cut from them exactly if it starts on a whole UTC hour. Refuse a zone where it does not
+    # (Asia/Kolkata, Asia/Kathmandu, Australia/Adelaide, ...) instead of misplacing usage.
+    tz = ZoneInfo(timezone)
+    for year in range(2000, 2101):
+        for month in range(1, 13):
+            offset = datetime(year, month, 1, tzinfo=tz).utcoffset() or timedelta(0)
+            if offset % timedelta(hours=1):
+                raise SettingsError(
+                    f"TALLY_FINANCE_TIMEZONE: {timezone!r} starts {year:04d}-{month:02d} at a"
+                    f" UTC offset of {offset}, not a whole hour; finance months are cut from"
+                    " hourly usage rollups, so choose a zone whose offset is whole hours"
+                    " (e.g. UTC, Europe/Berlin, America/New_York)"
+                )
+
+
 def build_finance_config(settings: Settings) -> FinanceConfig:
     """Check and parse the finance settings; raise `SettingsError` naming a bad variable."""
     try:
@@ -78,6 +96,7 @@ def build_finance_config(settings: Settings) -> FinanceConfig:
         raise SettingsError(
             f"TALLY_FINANCE_TIMEZONE: unknown time zone {settings.finance_timezone!r}"
         ) from None
+    _require_whole_hour_month_starts(settings.finance_timezone)
     country = settings.issuer_country.strip().upper() or None
     if country is not None and not _COUNTRY.match(country):
         raise SettingsError("TALLY_ISSUER_COUNTRY: expected a two-letter country code")

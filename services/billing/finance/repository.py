@@ -1,24 +1,23 @@
 """Every SQL statement of finance, and nothing else.
 
-Figures come from one function each, so a figure's source can change without touching the
-logic. Today every money figure is read from the event log itself (the ground truth); the
-functions marked LOG SOURCE are the ones to point at the billing fold's projections (ledger,
-usage rollups, credit lots) once those exist, keeping these as the reconciliation's reference.
+Figures come from one function each. Statements, invoices and exports read the billing fold's
+projections (ledger, usage rollups, credit lots, consumption) and the documents finance issued;
+the functions marked LOG SOURCE read the event log itself and serve only the reconciliation,
+which checks the projections' figures against the log.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from billing.finance.fold import MONEY_EVENT_TYPES, LotState, MoneyEvent, UsageSegment
 from tally.db import Connection
-from tally.eventlog import StoredEvent, decode_event
+from tally.eventlog import StoredEvent
 from tally.eventlog.reader import Checkpoint, load_checkpoint, save_checkpoint
 from tally.eventlog.store import stored_from_row
 
@@ -72,92 +71,46 @@ async def tenants_created_before(conn: Connection, end: datetime) -> list[Tenant
     return [_tenant(row) for row in await conn.fetch(_TENANTS_BEFORE, end)]
 
 
-# --- the log: money events and usage (LOG SOURCE) ------------------------------------------
+# --- billing's projections: what statements are made of ----------------------------------
+#
+# Finance has no fold of its own: every statement figure is read from the billing fold's
+# projections (usage_rollups, ledger_entries, credit_lots, credit_consumption_daily), so a figure
+# counts exactly what the fold has applied. Periods are cut by the time each line carries:
+# usage by its rollup hour (the usage event's occurred_at, UTC hour), money lines by the ledger's
+# occurred_at (the log's recorded_at for money events). Finance months start on whole UTC hours
+# (the settings refuse other zones), so no rollup hour straddles a period bound.
 
-# A tenant's money events of [start, end) in fold order, with the usage between two money
-# events summed into one segment. Fold order is (month in the finance time zone, txid,
-# position): the log's own order within a month, and months never interleave, so folding month
-# by month from a closed statement gives exactly what one fold over the whole range gives.
-# Segment n holds the usage after the n-th money event (0: before the first).
-_FOLD_ITEMS = """
-WITH period_events AS (
-    SELECT tenant_id, txid, position,
-           date_trunc('month', recorded_at AT TIME ZONE $3) AS month,
-           type <> 'UsageRecorded' AS is_money,
-           CASE WHEN type <> 'UsageRecorded' THEN type END AS type,
-           CASE WHEN type <> 'UsageRecorded' THEN schema_version END AS schema_version,
-           CASE WHEN type <> 'UsageRecorded' THEN data::text END AS data,
-           recorded_at,
-           CASE WHEN type = 'UsageRecorded' THEN (data->>'charge_nano')::bigint END AS charge
-    FROM events
-    WHERE recorded_at >= $1 AND recorded_at < $2
-      AND tenant_id IS NOT NULL
-      AND type = ANY($4::text[])
-      AND ($5::uuid IS NULL OR tenant_id = $5)
-), numbered AS (
-    SELECT *, count(*) FILTER (WHERE is_money) OVER (
-        PARTITION BY tenant_id ORDER BY month, txid, position) AS segment
-    FROM period_events
+_ROLLUP_USAGE = """
+SELECT tenant_id, model, provider,
+       sum(requests) AS requests,
+       sum(input_tokens) AS input_tokens,
+       sum(cached_input_tokens) AS cached_input_tokens,
+       sum(cache_write_tokens) AS cache_write_tokens,
+       sum(output_tokens) AS output_tokens,
+       sum(reasoning_tokens) AS reasoning_tokens,
+       sum(images) AS images,
+       sum(base_nano) AS base_nano,
+       sum(charge_nano) AS charge_nano,
+       sum(paid_nano) AS paid_nano,
+       sum(promo_nano) AS promo_nano,
+       sum(unfunded_nano) AS unfunded_nano
+FROM usage_rollups
+WHERE hour >= $1 AND hour < $2 AND ($3::uuid IS NULL OR tenant_id = $3)
+GROUP BY tenant_id, model, provider
+ORDER BY tenant_id, model, provider
+"""
+
+_USAGE_FIELDS = (
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "images",
+    "base_nano",
+    "charge_nano",
 )
-SELECT tenant_id, segment, 0 AS part, type, schema_version, data, recorded_at,
-       NULL::numeric AS charge
-FROM numbered WHERE is_money
-UNION ALL
-SELECT tenant_id, segment, 1, NULL, NULL, NULL, NULL, sum(charge)
-FROM numbered WHERE NOT is_money
-GROUP BY tenant_id, segment
-ORDER BY tenant_id, segment, part
-"""
-
-_FOLD_TYPES = [*MONEY_EVENT_TYPES, "UsageRecorded"]
-
-
-async def fold_items(
-    conn: Connection,
-    start: datetime,
-    end: datetime,
-    timezone: str,
-    tenant_id: UUID | None = None,
-) -> dict[UUID, list[MoneyEvent | UsageSegment]]:
-    """LOG SOURCE. Per tenant, the money events and usage segments of [start, end) in order."""
-    items: dict[UUID, list[MoneyEvent | UsageSegment]] = {}
-    rows = await conn.fetch(_FOLD_ITEMS, start, end, timezone, _FOLD_TYPES, tenant_id)
-    for row in rows:
-        bucket = items.setdefault(row["tenant_id"], [])
-        if row["part"] == 0:
-            event = decode_event(row["type"], row["schema_version"], row["data"])
-            bucket.append(MoneyEvent(event, row["recorded_at"]))
-        else:
-            bucket.append(UsageSegment(int(row["charge"])))
-    return items
-
-
-# Usage by tenant, model and provider. json_to_record parses each payload once (each ->>
-# on a json column would parse it again).
-_USAGE_BY_MODEL = """
-SELECT e.tenant_id, u.model, coalesce(u.provider, '') AS provider,
-       count(*) AS requests,
-       coalesce(sum(t.input_tokens), 0) AS input_tokens,
-       coalesce(sum(t.cached_input_tokens), 0) AS cached_input_tokens,
-       coalesce(sum(t.cache_write_tokens), 0) AS cache_write_tokens,
-       coalesce(sum(t.output_tokens), 0) AS output_tokens,
-       coalesce(sum(t.reasoning_tokens), 0) AS reasoning_tokens,
-       coalesce(sum(CASE WHEN t.images IS NULL THEN 0 ELSE
-           (SELECT sum(value::text::bigint) FROM json_each(t.images)) END), 0) AS images,
-       coalesce(sum(u.base_nano), 0) AS base_nano,
-       coalesce(sum(u.charge_nano), 0) AS charge_nano
-FROM events e
-CROSS JOIN LATERAL json_to_record(e.data)
-    AS u(model text, provider text, base_nano bigint, charge_nano bigint, usage json)
-CROSS JOIN LATERAL json_to_record(u.usage)
-    AS t(input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
-         output_tokens bigint, reasoning_tokens bigint, images json)
-WHERE e.type = 'UsageRecorded' AND e.recorded_at >= $1 AND e.recorded_at < $2
-  AND e.tenant_id IS NOT NULL
-  AND ($3::uuid IS NULL OR e.tenant_id = $3)
-GROUP BY e.tenant_id, u.model, coalesce(u.provider, '')
-ORDER BY e.tenant_id, u.model, provider
-"""
 
 
 class UsageAggregate(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,36 +128,276 @@ class UsageAggregate(msgspec.Struct, frozen=True, kw_only=True):
     images: int
     base_nano: int
     charge_nano: int
+    # How the fold funded the charges (from the rollups; 0 in the log reference).
+    paid_nano: int = 0
+    promo_nano: int = 0
+    unfunded_nano: int = 0
 
 
 async def usage_by_model(
     conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
 ) -> list[UsageAggregate]:
-    """LOG SOURCE. Usage of [start, end) by tenant, model and provider.
+    """Usage of [start, end) by tenant, model and provider, from billing's hourly rollups.
 
-    After the merge: the same figures from billing's hourly rollups (tenant x key x model x
-    hour) summed over the period's hours.
+    `start` and `end` must be whole UTC hours (finance period bounds are).
     """
-    rows = await conn.fetch(_USAGE_BY_MODEL, start, end, tenant_id)
+    rows = await conn.fetch(_ROLLUP_USAGE, start, end, tenant_id)
     return [
         UsageAggregate(
             tenant_id=row["tenant_id"],
             model=row["model"],
             provider=row["provider"],
-            **{
-                name: int(row[name])
-                for name in (
-                    "requests",
-                    "input_tokens",
-                    "cached_input_tokens",
-                    "cache_write_tokens",
-                    "output_tokens",
-                    "reasoning_tokens",
-                    "images",
-                    "base_nano",
-                    "charge_nano",
-                )
-            },
+            paid_nano=int(row["paid_nano"]),
+            promo_nano=int(row["promo_nano"]),
+            unfunded_nano=int(row["unfunded_nano"]),
+            **{name: int(row[name]) for name in _USAGE_FIELDS},
+        )
+        for row in rows
+    ]
+
+
+_ROLLUP_USAGE_BEFORE = """
+SELECT tenant_id, sum(charge_nano) AS charge_nano, sum(paid_nano) AS paid_nano,
+       sum(promo_nano) AS promo_nano, sum(unfunded_nano) AS unfunded_nano
+FROM usage_rollups
+WHERE hour < $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+GROUP BY tenant_id
+"""
+
+
+class UsageFunding(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage charges summed, and how they were funded."""
+
+    charge_nano: int = 0
+    paid_nano: int = 0
+    promo_nano: int = 0
+    unfunded_nano: int = 0
+
+
+async def usage_funding_before(
+    conn: Connection, before: datetime, tenant_id: UUID | None = None
+) -> dict[UUID, UsageFunding]:
+    """Per tenant: every usage charge of the hours before `before`, by funding."""
+    rows = await conn.fetch(_ROLLUP_USAGE_BEFORE, before, tenant_id)
+    return {
+        row["tenant_id"]: UsageFunding(
+            charge_nano=int(row["charge_nano"]),
+            paid_nano=int(row["paid_nano"]),
+            promo_nano=int(row["promo_nano"]),
+            unfunded_nano=int(row["unfunded_nano"]),
+        )
+        for row in rows
+    }
+
+
+# Money lines: every non-usage ledger line (served by ledger_entries_money_idx), plus the
+# expiries that removed nothing (the ledger only holds balance changes, but a statement says
+# that a grant expired). The zero expiries are the lots billing marked expired with nothing
+# left; their time is the expiry event's, looked up by its position.
+_MONEY_LINES = """
+SELECT tenant_id, position, kind, amount_nano, occurred_at, reference, description, unfunded_nano
+FROM ledger_entries
+WHERE kind <> 'usage' AND occurred_at >= $1 AND occurred_at < $2
+  AND ($3::uuid IS NULL OR tenant_id = $3)
+UNION ALL
+SELECT l.tenant_id, l.expired_position, 'expiry', 0, e.recorded_at, l.reference,
+       'Expired: no unused credits left of the grant', 0
+FROM credit_lots l JOIN events e ON e.position = l.expired_position
+WHERE l.expired_position IS NOT NULL AND l.expired_nano = 0
+  AND e.recorded_at >= $1 AND e.recorded_at < $2
+  AND ($3::uuid IS NULL OR l.tenant_id = $3)
+ORDER BY tenant_id, occurred_at, position
+"""
+
+
+class LedgerMoneyLine(msgspec.Struct, frozen=True, kw_only=True):
+    """A ledger line that is not usage: the balance change of one money event."""
+
+    tenant_id: UUID
+    position: int
+    kind: str
+    amount_nano: int
+    occurred_at: datetime
+    reference: str
+    description: str
+    unfunded_nano: int = 0
+
+
+async def money_lines(
+    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+) -> list[LedgerMoneyLine]:
+    """The ledger's money lines of [start, end), per tenant in time order."""
+    rows = await conn.fetch(_MONEY_LINES, start, end, tenant_id)
+    return [LedgerMoneyLine(**dict(row)) for row in rows]
+
+
+_MONEY_BEFORE = """
+SELECT tenant_id, sum(amount_nano) AS amount_nano, sum(unfunded_nano) AS unfunded_nano
+FROM ledger_entries
+WHERE kind <> 'usage' AND occurred_at < $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+GROUP BY tenant_id
+"""
+
+
+async def money_before(
+    conn: Connection, before: datetime, tenant_id: UUID | None = None
+) -> dict[UUID, tuple[int, int]]:
+    """Per tenant: (Σ balance change, Σ unfunded debit) of the money lines before `before`."""
+    rows = await conn.fetch(_MONEY_BEFORE, before, tenant_id)
+    return {r["tenant_id"]: (int(r["amount_nano"]), int(r["unfunded_nano"])) for r in rows}
+
+
+_LOTS_OPENED = """
+SELECT tenant_id, funding,
+       coalesce(sum(amount_nano) FILTER (WHERE opened_at < $1), 0) AS before,
+       coalesce(sum(amount_nano) FILTER (WHERE opened_at >= $1), 0) AS during
+FROM credit_lots
+WHERE opened_at < $2 AND ($3::uuid IS NULL OR tenant_id = $3)
+GROUP BY tenant_id, funding
+"""
+
+
+async def lots_opened(
+    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+) -> dict[tuple[UUID, str], tuple[int, int]]:
+    """Per (tenant, funding): credits put into lots before `start` and during [start, end)."""
+    rows = await conn.fetch(_LOTS_OPENED, start, end, tenant_id)
+    return {(r["tenant_id"], r["funding"]): (int(r["before"]), int(r["during"])) for r in rows}
+
+
+# Credits that left lots other than by usage paid at once, per UTC day. Every such movement is
+# caused by a money event, so a day's row is placed at the first money line of that tenant and
+# day (exact unless one UTC day holds money lines of two periods: then the whole day counts in
+# the earlier one), or at the day's start when it has none (a dispute lost, which changes no
+# balance).
+_CONSUMPTION = """
+SELECT c.tenant_id, c.funding, c.reason, c.amount_nano,
+       coalesce(
+           (SELECT min(l.occurred_at) FROM ledger_entries l
+            WHERE l.tenant_id = c.tenant_id AND l.kind <> 'usage'
+              AND l.occurred_at >= c.day::timestamp AT TIME ZONE 'UTC'
+              AND l.occurred_at < (c.day + 1)::timestamp AT TIME ZONE 'UTC'),
+           c.day::timestamp AT TIME ZONE 'UTC') AS at
+FROM credit_consumption_daily c
+WHERE c.day <= $1::date AND ($2::uuid IS NULL OR c.tenant_id = $2)
+"""
+
+
+class Consumption(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: UUID
+    funding: str
+    reason: str
+    amount_nano: int
+    at: datetime
+
+
+async def consumption_through(
+    conn: Connection, end: datetime, tenant_id: UUID | None = None
+) -> list[Consumption]:
+    """Every consumption row of the UTC days up to `end`'s, each placed at an instant."""
+    rows = await conn.fetch(_CONSUMPTION, end.astimezone(UTC).date(), tenant_id)
+    return [Consumption(**dict(row)) for row in rows]
+
+
+_BALANCES = """
+SELECT tenant_id, balance_nano FROM balances WHERE ($1::uuid IS NULL OR tenant_id = $1)
+"""
+
+
+async def folded_balances(conn: Connection, tenant_id: UUID | None = None) -> dict[UUID, int]:
+    """The billing fold's running balance of each tenant (the last ledger line's balance)."""
+    rows = await conn.fetch(_BALANCES, tenant_id)
+    return {r["tenant_id"]: int(r["balance_nano"]) for r in rows}
+
+
+# Events the billing fold has not applied yet that belong before `end`: recorded before the
+# cut, or usage that occurred before the period ended. Each shard's checkpoint is compared with
+# the events of its shard (the fold's own hash); a shard never checkpointed has applied nothing.
+_FOLD_SHARDS = """
+SELECT s.index, coalesce(c.txid, '0'::xid8)::text AS txid, coalesce(c.position, 0) AS position
+FROM (SELECT coalesce((SELECT shard_count FROM fold_layout), 1) AS n) AS layout
+CROSS JOIN generate_series(0, layout.n - 1) AS s(index)
+LEFT JOIN consumer_checkpoints c ON c.consumer = $1 || ':' || s.index || '/' || layout.n
+"""
+# Read from the lowest shard checkpoint on (the txid index), then per event its own shard's.
+_UNFOLDED_BEFORE = """
+SELECT count(*) FROM events e
+JOIN unnest($4::int[], $5::text[], $6::bigint[]) AS c(index, txid, position)
+  ON c.index = mod(hashtextextended(e.tenant_id::text, 0) & 9223372036854775807,
+                   cardinality($4::int[]))
+WHERE (e.txid, e.position) > ($1::text::xid8, $2)
+  AND (e.txid, e.position) > (c.txid::xid8, c.position)
+  AND e.tenant_id IS NOT NULL
+  AND (e.recorded_at < $3
+       OR (e.type = 'UsageRecorded' AND (e.data->>'occurred_at')::timestamptz < $7))
+"""
+FOLD_CONSUMER = "billing.fold"
+
+
+async def unfolded_count(conn: Connection, cut: datetime, period_end: datetime) -> int:
+    """Events the billing fold has not applied that a period ending at `period_end` needs:
+    recorded before `cut`, or usage that occurred before the period ended. Each event is
+    compared with its own shard's checkpoint (the fold's hash of the tenant id)."""
+    shards = sorted(await conn.fetch(_FOLD_SHARDS, FOLD_CONSUMER), key=lambda r: r["index"])
+    low = min(shards, key=lambda r: (int(r["txid"]), r["position"]))
+    count: int = await conn.fetchval(
+        _UNFOLDED_BEFORE,
+        low["txid"],
+        low["position"],
+        cut,
+        [r["index"] for r in shards],
+        [r["txid"] for r in shards],
+        [r["position"] for r in shards],
+        period_end,
+    )
+    return count
+
+
+# --- the log: the reconciliation's reference (LOG SOURCE) ----------------------------------
+
+# Usage by tenant, model and provider, bucketed like the rollups (by occurred_at).
+# json_to_record parses each payload once (each ->> on a json column would parse it again).
+# The recorded_at window only prunes: usage is recorded after it occurs, within the close grace.
+_LOG_USAGE_BY_MODEL = """
+SELECT e.tenant_id, u.model, coalesce(u.provider, '') AS provider,
+       count(*) AS requests,
+       coalesce(sum(t.input_tokens), 0) AS input_tokens,
+       coalesce(sum(t.cached_input_tokens), 0) AS cached_input_tokens,
+       coalesce(sum(t.cache_write_tokens), 0) AS cache_write_tokens,
+       coalesce(sum(t.output_tokens), 0) AS output_tokens,
+       coalesce(sum(t.reasoning_tokens), 0) AS reasoning_tokens,
+       coalesce(sum(CASE WHEN t.images IS NULL THEN 0 ELSE
+           (SELECT sum(value::text::bigint) FROM json_each(t.images)) END), 0) AS images,
+       coalesce(sum(u.base_nano), 0) AS base_nano,
+       coalesce(sum(u.charge_nano), 0) AS charge_nano
+FROM events e
+CROSS JOIN LATERAL json_to_record(e.data)
+    AS u(model text, provider text, base_nano bigint, charge_nano bigint, usage json,
+         occurred_at timestamptz)
+CROSS JOIN LATERAL json_to_record(u.usage)
+    AS t(input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint,
+         output_tokens bigint, reasoning_tokens bigint, images json)
+WHERE e.type = 'UsageRecorded' AND e.recorded_at >= $1
+  AND u.occurred_at >= $1 AND u.occurred_at < $2
+  AND e.tenant_id IS NOT NULL
+  AND ($3::uuid IS NULL OR e.tenant_id = $3)
+GROUP BY e.tenant_id, u.model, coalesce(u.provider, '')
+ORDER BY e.tenant_id, u.model, provider
+"""
+
+
+async def log_usage_by_model(
+    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+) -> list[UsageAggregate]:
+    """LOG SOURCE, for the reconciliation only: usage that occurred in [start, end), parsed
+    from every usage event's JSON. Statements never read this."""
+    rows = await conn.fetch(_LOG_USAGE_BY_MODEL, start, end, tenant_id)
+    return [
+        UsageAggregate(
+            tenant_id=row["tenant_id"],
+            model=row["model"],
+            provider=row["provider"],
+            **{name: int(row[name]) for name in _USAGE_FIELDS},
         )
         for row in rows
     ]
@@ -467,8 +660,8 @@ SELECT body::text AS body FROM finance_statements WHERE tenant_id = $1 AND perio
 _STATEMENTS_OF_PERIOD = """
 SELECT body::text AS body FROM finance_statements WHERE period = $1 ORDER BY tenant_id
 """
-_CLOSING_STATES = """
-SELECT tenant_id, closing_state::text AS state FROM finance_statements
+_CLOSING_BALANCES = """
+SELECT tenant_id, closing_balance_nano FROM finance_statements
 WHERE period = $1 AND ($2::uuid IS NULL OR tenant_id = $2)
 """
 
@@ -520,12 +713,9 @@ async def stream_statement_bodies(
         yield row["body"].encode()
 
 
-_state_decoder = msgspec.json.Decoder(LotState)
-
-
-async def closing_states(
+async def closing_balances(
     conn: Connection, period: str, tenant_id: UUID | None = None
-) -> dict[UUID, LotState]:
-    """The credit lots of each tenant at the end of a closed period."""
-    rows = await conn.fetch(_CLOSING_STATES, period, tenant_id)
-    return {row["tenant_id"]: _state_decoder.decode(row["state"]) for row in rows}
+) -> dict[UUID, int]:
+    """Each tenant's stored closing balance of a closed period."""
+    rows = await conn.fetch(_CLOSING_BALANCES, period, tenant_id)
+    return {row["tenant_id"]: int(row["closing_balance_nano"]) for row in rows}

@@ -15,7 +15,20 @@ from uuid import UUID
 import msgspec
 
 from billing.finance.config import Party
-from billing.finance.fold import MoneyLineKind
+
+# A statement's money lines are the billing ledger's non-usage lines; a lost dispute is a
+# `chargeback`. In the ledger a dispute holds its credits back at once (`dispute_frozen`, the
+# balance drops) and gives them back if won (`dispute_restored`).
+MoneyLineKind = Literal[
+    "purchase",
+    "grant",
+    "refund",
+    "expiry",
+    "adjustment",
+    "chargeback",
+    "dispute_frozen",
+    "dispute_restored",
+]
 
 DocumentKind = Literal["invoice", "credit_note"]
 PeriodStatus = Literal["open", "closed"]
@@ -82,7 +95,7 @@ class DocumentExport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StatementMoneyLine(msgspec.Struct, frozen=True, kw_only=True):
-    """A purchase, grant, refund, expiry, adjustment or chargeback; amount is signed."""
+    """A purchase, grant, refund, expiry, adjustment or dispute line; amount is signed."""
 
     kind: MoneyLineKind
     date: date
@@ -109,7 +122,11 @@ class StatementUsageLine(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CreditPosition(msgspec.Struct, frozen=True, kw_only=True):
-    """A tenant's credits at an instant, by kind: the balance is paid + promotional - debt."""
+    """A tenant's credits at an instant, by kind: balance = paid + promotional - debt - frozen.
+
+    `frozen` is what open disputes hold back (and claims waiting for their purchase): still in
+    a lot or owed, but no longer in the balance.
+    """
 
     balance_nano: int
     paid_nano: int

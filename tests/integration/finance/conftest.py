@@ -172,3 +172,10 @@ async def issue_all(pool: asyncpg.Pool, config: FinanceConfig, expected: int) ->
             return issued
         await asyncio.sleep(0.05)
     return issued
+
+
+async def fold(pool: asyncpg.Pool) -> None:
+    """Run billing's real fold over everything appended so far: finance reads its projections."""
+    from billing.fold.service import Folder
+
+    await Folder(pool, shard_count=1).drain()

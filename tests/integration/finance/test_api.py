@@ -26,6 +26,7 @@ from tests.integration.finance.conftest import (
     C,
     add_tenant,
     at,
+    fold,
     issue_all,
     purchased,
     record,
@@ -82,6 +83,7 @@ async def two_tenants(pool: asyncpg.Pool) -> tuple[uuid.UUID, uuid.UUID]:
     await record(pool, used(acme, "gpt-4o", 3 * C, 1 * C, at=at("2025-03-07")), at("2025-03-07"))
     await record(pool, refunded(acme, "re_a", "cs_a", 10, 1190), at("2025-03-08"))
     await issue_all(pool, config, 3)
+    await fold(pool)
     return acme, beta
 
 

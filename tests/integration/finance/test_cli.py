@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.integration.finance.conftest import C, add_tenant, at, purchased, record, used
+from tests.integration.finance.conftest import C, add_tenant, at, fold, purchased, record, used
 
 TALLY = str(Path(sys.executable).with_name("tally"))
 ENV = {
@@ -79,6 +79,7 @@ async def test_statement_export_reconcile_and_close(pool: asyncpg.Pool, tmp_path
     tenant = await add_tenant(pool, "Stmt")
     await record(pool, purchased(tenant, "cs_1", 10, 1190), at("2025-03-05"))
     await record(pool, used(tenant, "gpt-4o", 2 * C, C, at=at("2025-03-06")), at("2025-03-06"))
+    await fold(pool)
 
     code, out, _ = await tally(
         "statement", "export", "--tenant", "Stmt", "--period", "2025-03", "--format", "pdf",

@@ -20,6 +20,7 @@ from tests.integration.finance.conftest import (
     C,
     add_tenant,
     at,
+    fold,
     granted,
     issue_all,
     purchased,
@@ -33,6 +34,7 @@ NOW = datetime(2025, 6, 15, tzinfo=UTC)
 
 
 async def statement(pool: asyncpg.Pool, config: FinanceConfig, tenant_id, period):  # type: ignore[no-untyped-def]
+    await fold(pool)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         tenant = await tenant_by_id(conn, tenant_id)
         assert tenant is not None
@@ -40,6 +42,7 @@ async def statement(pool: asyncpg.Pool, config: FinanceConfig, tenant_id, period
 
 
 async def report(pool: asyncpg.Pool, config: FinanceConfig, period: Period):  # type: ignore[no-untyped-def]
+    await fold(pool)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         return await finance_service.reconciliation(conn, config, period, now=NOW)
 
@@ -136,9 +139,11 @@ async def test_closing_a_period_stores_final_statements_and_running_it_again_doe
 
     with pytest.raises(PeriodNotEnded):
         await finance_service.close_through(pool, config, Period(2025, 6), now=NOW)
+    await fold(pool)
     first = await finance_service.close_due_periods(pool, config, now=NOW)
     assert [p.period for p in first.closed] == ["2025-02", "2025-03", "2025-04", "2025-05"]
     assert first.documents_issued == 3
+    await fold(pool)
     again = await finance_service.close_due_periods(pool, config, now=NOW)
     assert again.closed == [] and again.documents_issued == 0
 
@@ -158,6 +163,7 @@ async def test_a_late_purchase_in_a_closed_month_is_invoiced_in_the_open_month(
 ) -> None:
     tenant = await add_tenant(pool, "Late")
     await record(pool, purchased(tenant, "cs_1", 1, 100), at("2025-03-10"))
+    await fold(pool)
     await finance_service.close_through(pool, config, MARCH, now=NOW)
     await record(pool, purchased(tenant, "cs_late", 1, 100), at("2025-03-31T23:59"))
     await issue_all(pool, config, 1)
@@ -180,6 +186,7 @@ async def test_reconciliation_agrees_with_the_log_and_catches_a_changed_history(
         at("2025-03-09"),
     )
     await issue_all(pool, config, 3)
+    await fold(pool)
     await finance_service.close_through(pool, config, APRIL, now=NOW)
 
     march = await report(pool, config, MARCH)
@@ -217,6 +224,7 @@ async def test_statements_from_scratch_equal_statements_chained_from_closed_mont
 ) -> None:
     tenant = await busy_tenant(pool)
     from_scratch = await statement(pool, config, tenant, APRIL)
+    await fold(pool)
     await finance_service.close_through(pool, config, MARCH, now=NOW)
     chained = await statement(pool, config, tenant, APRIL)
     assert chained == from_scratch

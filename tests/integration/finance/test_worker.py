@@ -13,12 +13,13 @@ from arq.worker import Worker
 from billing import tasks as billing_tasks
 from billing.finance import tasks as finance_tasks
 from tally.config import get_settings
-from tests.integration.finance.conftest import C, add_tenant, at, purchased, record, used
+from tests.integration.finance.conftest import C, add_tenant, at, fold, purchased, record, used
 
 
 async def test_the_close_job_closes_ended_months_once(pool: asyncpg.Pool) -> None:
     tenant = await add_tenant(pool, "Job")
     await record(pool, purchased(tenant, "cs_1", 10, 1190), at("2025-03-05"))
+    await fold(pool)
     ctx: dict[str, Any] = {"pool": pool, "settings": get_settings()}
 
     closed = await finance_tasks.close_periods(ctx)
@@ -34,6 +35,7 @@ async def test_the_close_job_runs_through_a_real_arq_worker(
     tenant = await add_tenant(pool, "Worker")
     await record(pool, purchased(tenant, "cs_1", 10, 1190), at("2025-03-05"))
     await record(pool, used(tenant, "gpt-4o", C, C // 2, at=at("2025-03-06")), at("2025-03-06"))
+    await fold(pool)
     redis_settings = RedisSettings.from_dsn(redis_url)
     queue = await create_arq_pool(redis_settings)
 

@@ -112,3 +112,16 @@ def test_bad_finance_settings_name_their_variable() -> None:
     with pytest.raises(SettingsError, match="TALLY_ISSUER_LOGO_PATH"):
         config(TALLY_ISSUER_LOGO_PATH="/nonexistent/logo.png")
     assert msgspec.to_builtins(config().issuer)["country"] == "DE"
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Adelaide"])
+def test_a_time_zone_whose_months_do_not_start_on_a_whole_utc_hour_is_refused(zone: str) -> None:
+    # Usage comes from hourly UTC rollups: such a month could not be cut from them exactly.
+    with pytest.raises(SettingsError, match="TALLY_FINANCE_TIMEZONE") as refused:
+        config(TALLY_FINANCE_TIMEZONE=zone)
+    assert "whole hour" in str(refused.value)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"])
+def test_whole_hour_time_zones_are_accepted(zone: str) -> None:
+    assert config(TALLY_FINANCE_TIMEZONE=zone).timezone == zone

@@ -53,7 +53,7 @@ STATEMENT_COLUMNS: tuple[tuple[str, str], ...] = (
     (
         "line_type",
         "`opening_balance`, `purchase`, `grant`, `refund`, `expiry`, `adjustment`,"
-        " `chargeback`, `usage` or `closing_balance`",
+        " `chargeback`, `dispute_frozen`, `dispute_restored`, `usage` or `closing_balance`",
     ),
     ("date", "Date of the event (money lines) or the period's first/last day"),
     ("reference", "Purchase, grant, refund, adjustment or dispute id"),
