@@ -60,15 +60,6 @@ async def test_crossing_the_threshold_sends_one_signed_webhook_per_crossing(
     settings = _settings()
     tenant = await create_tenant(pool)
     await set_price(pool, "m", "1", "1")
-    async with pool.acquire() as conn:
-        alert = await alert_service.configure(
-            conn,
-            settings,
-            tenant,
-            LowBalanceAlertIn(threshold_nano=2 * CREDIT, url=receiver.url),
-        )
-    secret = alert.signing_secret
-    assert secret is not None
     await append(
         pool,
         CreditsGranted(
@@ -80,11 +71,27 @@ async def test_crossing_the_threshold_sends_one_signed_webhook_per_crossing(
             actor=ACTOR,
         ),
     )
-    assert await _fold_and_queue(pool, redis_url) == []  # 5 credits: above the threshold
+    # Folded before the alert exists: a fold may stop between two events (it never reads past
+    # a transaction still open anywhere on the server), and a new tenant's 0 is below any
+    # threshold.
+    await _fold_and_queue(pool, redis_url)
+    async with pool.acquire() as conn:
+        alert = await alert_service.configure(
+            conn,
+            settings,
+            tenant,
+            LowBalanceAlertIn(threshold_nano=2 * CREDIT, url=receiver.url),
+        )
+    secret = alert.signing_secret
+    assert secret is not None
+    await append(
+        pool, await gateway_usage(pool, tenant, "m", input_tokens=500_000, output_tokens=0)
+    )
+    assert await _fold_and_queue(pool, redis_url) == []  # 4.5 credits: above the threshold
 
     # Down to 1.5: below 2, one alert. Further down: still below, no second alert.
     await append(
-        pool, await gateway_usage(pool, tenant, "m", input_tokens=3_500_000, output_tokens=0)
+        pool, await gateway_usage(pool, tenant, "m", input_tokens=3_000_000, output_tokens=0)
     )
     first = await _fold_and_queue(pool, redis_url)
     await append(
