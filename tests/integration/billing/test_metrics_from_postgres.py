@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -164,3 +165,27 @@ async def test_metrics_are_served_without_the_database_figures_when_postgres_fai
     samples = await scrape(get_settings())
     assert not any(name.startswith("tally_fold_lag") for name, _ in samples)
     assert samples["tally_alert_webhooks", (("status", "pending"),)] == 0
+
+
+async def test_scrapes_within_two_seconds_share_one_read(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FOLD_LAG, "max_age", 2.0)
+    monkeypatch.setattr(FOLD_LAG, "_read_at", float("-inf"))
+    reads = 0
+    real_read = FOLD_LAG.read
+
+    async def counted(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_read(*args)
+
+    monkeypatch.setattr(FOLD_LAG, "read", counted)
+    settings = get_settings()
+    async with AsyncTestClient(create_app(settings)) as client:
+        for _ in range(3):
+            assert "tally_fold_lag_seconds{" in (await client.get("/metrics")).text
+        assert reads == 1
+        monkeypatch.setattr(FOLD_LAG, "_read_at", time.monotonic() - 2.1)
+        await client.get("/metrics")
+    assert reads == 2
