@@ -7,8 +7,13 @@ gateway adds), and the gateway's CPU time per request (utime + stime from /proc/
 around each run). Then it drives `--soak` requests and reports the gateway's memory (RSS) after
 warm-up and at the end.
 
+`--processes N` runs N gateway processes on one port instead of one (uvicorn's own
+multi-process mode: the processes share the listening socket and the kernel hands each new
+connection to one of them, as a Service spreads connections over pods); CPU and memory are then
+summed over every process. `--processes 1` (the default) is `tally serve gateway` itself.
+
 Rerun: make bench-gateway   (or: .venv/bin/python -m bench.gateway.run [--seconds 10]
-        [--soak 1000000])
+        [--soak 1000000] [--processes 2])
 Needs wrk (`apt-get install -y wrk`). Uses a throwaway database on TALLY_BENCH_PG_ADMIN_URL
 (default: local Postgres on :5432) and the Redis database TALLY_BENCH_REDIS_URL (default
 redis://127.0.0.1:6379/3), which it flushes.
@@ -33,6 +38,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import msgspec
+import psutil
 import redis.asyncio as redis
 
 from tally.migrations import apply_migrations
@@ -57,13 +63,25 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants: uvicorn's supervisor and its worker processes."""
+    process = psutil.Process(pid)
+    return [pid, *(child.pid for child in process.children(recursive=True))]
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    total = 0.0
+    for member in _tree(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def rss_mib(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+    return sum(
+        int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE / 2**20
+        for member in _tree(pid)
+    )
 
 
 def lua_script(body: bytes, key: str) -> str:
@@ -165,7 +183,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def main(seconds: float, soak: int, connections: list[int]) -> None:
+def gateway_command(python: str, processes: int, port: int) -> list[str]:
+    if processes == 1:
+        return [python, "-m", "tally.cli", "serve", "gateway"]
+    # The options of `tally serve` (tally/cli.py), plus the worker count.
+    return [
+        python, "-m", "uvicorn", "gateway.app:create_app", "--factory",
+        "--workers", str(processes), "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
+        "--log-level", "warning", "--timeout-graceful-shutdown", "30", "--no-server-header",
+    ]  # fmt: skip
+
+
+def main(seconds: float, soak: int, connections: list[int], processes: int = 1) -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
     name = f"tally_bench_{uuid.uuid4().hex[:8]}"
@@ -205,13 +235,20 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
         fake_url = f"http://127.0.0.1:{fake_port}/v1"
         wait_http(fake_url + "/models")
         key = asyncio.run(seed(db_url, fake_url))
-        gateway = start([python, "-m", "tally.cli", "serve", "gateway"], env)
+        gateway = start(gateway_command(python, processes, gateway_port), env)
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_http(gateway_url + "/healthz")
+        if processes > 1:
+            # Every worker must be serving before the warm-up, not just the first one up.
+            deadline = time.monotonic() + 30
+            while len(_tree(gateway.pid)) < processes + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(2)
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
             f"{platform.python_version()}, Postgres {pg_version}; wrk; fake upstream: 16 chunks,"
-            f" no added latency; {seconds:g} s per case\n"
+            f" no added latency; {seconds:g} s per case; {processes} gateway process(es); "
+            f"load average at start {os.getloadavg()[0]:.2f}\n"
         )
         bodies = {
             "plain": {"model": MODEL, "messages": MESSAGES, "max_tokens": 64},
@@ -295,7 +332,7 @@ def main(seconds: float, soak: int, connections: list[int]) -> None:
         asyncio.run(drop())
     print(
         "\nrerun: make bench-gateway"
-        "   (or .venv/bin/python -m bench.gateway.run --seconds N --soak N)"
+        "   (or .venv/bin/python -m bench.gateway.run --seconds N --soak N --processes N)"
     )
 
 
@@ -311,5 +348,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--soak", type=int, default=0, help="requests for the memory check")
     parser.add_argument("--connections", default="1,32,256")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="gateway processes sharing the port"
+    )
     args = parser.parse_args()
-    main(args.seconds, args.soak, [int(c) for c in args.connections.split(",")])
+    main(args.seconds, args.soak, [int(c) for c in args.connections.split(",")], args.processes)

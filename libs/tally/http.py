@@ -25,6 +25,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from tally import __doc__ as _tally_doc
 from tally.auth import PRINCIPAL_DEPENDENCY
 from tally.config import Settings, get_settings
+from tally.database_metrics import DatabaseCollector
 from tally.db import create_pool
 from tally.errors import ErrorBody, ErrorResponse, TallyError
 from tally.log import configure_logging, get_logger
@@ -221,8 +222,10 @@ async def readyz(state: State) -> Response[bytes]:
 
 
 @get("/metrics", include_in_schema=False)
-async def metrics() -> Response[bytes]:
-    """Prometheus exposition of this process's metrics."""
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus exposition of this process's metrics (and the service's database-read ones)."""
+    for collector in state.database_collectors:
+        await collector.refresh(state.pool, state.settings)
     return Response(
         prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST
     )
@@ -257,13 +260,24 @@ def create_service_app(
     settings: Settings | None = None,
     lifespan: Sequence[Callable[[Litestar], Any]] = (),
     on_app_init: Sequence[Callable[[AppConfig], AppConfig]] = (),
+    database_collectors: Sequence[DatabaseCollector] = (),
 ) -> Litestar:
-    """A Tally service: health, readiness, metrics, OpenAPI, request ids and the error shape."""
+    """A Tally service: health, readiness, metrics, OpenAPI, request ids and the error shape.
+
+    `database_collectors` (registered with prometheus_client by their modules) are refreshed
+    from Postgres on each scrape of this service's `/metrics`.
+    """
     settings = settings or get_settings()
     configure_logging(settings)
     return Litestar(
         route_handlers=[healthz, readyz, metrics, *route_handlers],
-        state=State({"settings": settings, "service": name}),
+        state=State(
+            {
+                "settings": settings,
+                "service": name,
+                "database_collectors": tuple(database_collectors),
+            }
+        ),
         lifespan=[_connect_resources, *lifespan],
         # Any handler may ask for `principal: Principal` (401 without a valid token). Declared once
         # here: Litestar refuses the same provider declared again on a router or a handler.

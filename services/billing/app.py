@@ -8,13 +8,16 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 
 from billing.alerts.endpoints import ROUTES as ALERT_ROUTES
+from billing.alerts.metrics import ALERT_WEBHOOKS
 from billing.balances.endpoints import ROUTES as BALANCE_ROUTES
 from billing.finance.config import finance_config
 from billing.finance.endpoints import finance_router
 from billing.fold.endpoints import ROUTES as FOLD_ROUTES
+from billing.fold_lag import FOLD_LAG
 from billing.grants.endpoints import ROUTES as GRANT_ROUTES
 from billing.ledger.endpoints import ROUTES as LEDGER_ROUTES
 from billing.payments.endpoints import payments_lifespan, payments_router
+from billing.payments.metrics import PAYMENTS_STATE
 from billing.prices.endpoints import ROUTES as PRICE_ROUTES
 from billing.usage.endpoints import ROUTES as USAGE_ROUTES
 from tally.auth import load_signing_keys
@@ -41,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         [*ROUTES, finance_router, payments_router],
         settings=settings,
         lifespan=[_live_balances, payments_lifespan],
+        # Platform-wide state read from Postgres when /metrics is scraped.
+        database_collectors=[FOLD_LAG, PAYMENTS_STATE, ALERT_WEBHOOKS],
     )
     app.state.signing_keys = load_signing_keys(settings)
     return app

@@ -158,3 +158,11 @@ async def record_attempt(
 
 async def due_notifications(conn: Connection, now: datetime, limit: int) -> list[UUID]:
     return [r["id"] for r in await conn.fetch(_DUE, now, limit)]
+
+
+NOTIFICATIONS_BY_STATUS = "SELECT status, count(*) AS n FROM notifications GROUP BY status"
+
+
+async def notifications_by_status(conn: Connection) -> dict[str, int]:
+    """Platform-wide webhook notifications by delivery status (for billing's /metrics)."""
+    return {r["status"]: r["n"] for r in await conn.fetch(NOTIFICATIONS_BY_STATUS)}

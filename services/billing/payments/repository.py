@@ -871,3 +871,19 @@ async def refund_events_recorded(
     conn: Connection, start: datetime, end: datetime
 ) -> list[LoggedRefund]:
     return _rows(await conn.fetch(REFUND_EVENTS_RECORDED, start, end), LoggedRefund)
+
+
+# --- monitoring (platform-wide counts, read when billing's /metrics is scraped) ----------------
+
+AUTO_TOPUP_ORDERS_BY_STATUS = (
+    "SELECT status, count(*) AS n FROM payment_orders WHERE source = 'auto_topup' GROUP BY status"
+)
+STRIPE_EVENTS_BY_STATUS = "SELECT status, count(*) AS n FROM stripe_webhook_events GROUP BY status"
+
+
+async def auto_topup_orders_by_status(conn: Connection) -> dict[str, int]:
+    return {r["status"]: r["n"] for r in await conn.fetch(AUTO_TOPUP_ORDERS_BY_STATUS)}
+
+
+async def stripe_events_by_status(conn: Connection) -> dict[str, int]:
+    return {r["status"]: r["n"] for r in await conn.fetch(STRIPE_EVENTS_BY_STATUS)}
