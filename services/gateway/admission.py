@@ -30,6 +30,8 @@ import redis.asyncio as redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateway.metrics import REDIS_BATCH_SIZE
+
 WINDOW_MS = 60_000
 SPEND_COUNTER_TTL_S = 40 * 86_400
 
@@ -436,6 +438,7 @@ class ScriptBatcher:
     async def _round_trip(self, commands: list[tuple[Script, bytes]]) -> list[Any]:
         """Send `commands` in one write and read their replies; an error reply is returned as
         its exception. A script Redis forgot is loaded and its calls sent again."""
+        REDIS_BATCH_SIZE.observe(len(commands))
         conn = self._conn
         # send_packed_command connects (again) if needed; a failed read or write disconnects,
         # so the next batch starts on a clean connection.
