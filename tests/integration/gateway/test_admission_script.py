@@ -17,6 +17,7 @@ from gateway.admission import (
     Admitted,
     PackedKeys,
     Refused,
+    Script,
     ScriptBatcher,
     admit_keys,
     parse_admit,
@@ -141,3 +142,21 @@ def test_scripts_are_packed_exactly_as_redis_py_packs_them() -> None:
     args: list[str | int] = ["req-1", 123_456_789_012, -1, "1", 0, "ünïcode"]
     expected = b"".join(Connection().pack_command("EVALSHA", ADMIT.sha, len(keys), *keys, *args))
     assert ADMIT.command(PackedKeys(keys), args) == expected
+
+
+async def test_a_script_redis_does_not_know_yet_is_loaded_and_run(
+    redis_client: redis.Redis,
+) -> None:
+    scripts = ScriptBatcher(redis_client)
+    # A source no Redis has seen: the first EVALSHA answers NOSCRIPT.
+    unknown = Script(f"return ARGV[1] .. '-{uuid.uuid4()}'")
+    assert (await scripts.call(unknown, [], ["a"])).startswith(b"a-")
+    other = Script(f"return ARGV[1] .. '-{uuid.uuid4()}'")
+    # The same inside a shared round trip (the first call, of the known script, goes out
+    # alone; the others queue behind it and share one): every call gets its own reply.
+    replies = await asyncio.gather(
+        scripts.call(unknown, [], ["first"]),
+        *(scripts.call(other, [], [str(i)]) for i in range(5)),
+    )
+    assert [r.split(b"-")[0] for r in replies] == [b"first", b"0", b"1", b"2", b"3", b"4"]
+    await scripts.close()
