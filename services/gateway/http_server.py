@@ -37,6 +37,14 @@ class _HeadHoldingTransport:
         else:
             self._transport.write(data)
 
+    def writelines(self, lines: list[bytes]) -> None:
+        self.flush()
+        self._transport.writelines(lines)
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def flush(self) -> None:
         held = self._held
         if held is not None:

@@ -16,6 +16,9 @@ class RecordingTransport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, lines: list[bytes]) -> None:
+        self.writes.extend(lines)
+
     def close(self) -> None:
         self.closed = True
 
@@ -52,3 +55,11 @@ async def test_closing_sends_a_held_head_first_and_other_calls_reach_the_transpo
     assert inner.writes == [b"HTTP/1.1 400 Bad Request\r\n\r\n"]
     assert inner.closed
     assert transport.get_extra_info("peername") == "info:peername"
+
+
+async def test_writes_of_every_kind_keep_their_order() -> None:
+    inner = RecordingTransport()
+    transport = _HeadHoldingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.writelines([b"a", b"b"])
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\n", b"a", b"b"]
