@@ -75,13 +75,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # "killed by SIGTERM". Our handler turns that re-raise into exit 0, what orchestrators read
     # as a graceful stop.
     signal.signal(signal.SIGTERM, _drained)
+    http: Any = "httptools"
+    if args.service == "gateway":
+        # httptools, writing each response's head and body in one system call.
+        from gateway.http_server import GatewayHttpProtocol
+
+        http = GatewayHttpProtocol
     uvicorn.run(
         f"{args.service}.app:create_app",
         factory=True,
         host=settings.host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         access_log=False,
         log_config=None,

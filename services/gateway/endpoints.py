@@ -221,6 +221,8 @@ class FastPath:
         self.max_body = max_body_bytes
         self.gateway: Gateway | None = None  # set by the runtime once started
         self.request_ids = RequestIds()
+        # Prometheus children by (route, method, status): labels() validates and locks.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: LitestarSend) -> None:
         gateway = self.gateway
@@ -242,8 +244,15 @@ class FastPath:
         finally:
             # The same series tally.http's middleware records for Litestar routes.
             route = path if path in V1_ROUTES else "unmatched"
-            HTTP_REQUESTS.labels("gateway", route, scope["method"], str(status)).inc()
-            HTTP_LATENCY.labels("gateway", route).observe(time.perf_counter() - started)
+            series = (route, scope["method"], status)
+            children = self._series.get(series)
+            if children is None:
+                children = self._series[series] = (
+                    HTTP_REQUESTS.labels("gateway", route, scope["method"], str(status)),
+                    HTTP_LATENCY.labels("gateway", route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
     async def _serve(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
         # The gateway always makes its own request id: a caller's x-request-id would let two

@@ -174,6 +174,9 @@ class Meter:
         self._append_timeout = append_timeout_s
         self._balance_loads: dict[UUID, asyncio.Task[None]] = {}
 
+    async def close(self) -> None:
+        await self.scripts.close()
+
     # --- admission ----------------------------------------------------------------------------
 
     def worst_case(
@@ -203,7 +206,7 @@ class Meter:
         caller = call.caller
         if not (call.held or call.capped or call.rate_limited):
             return
-        args = [
+        args: list[str | int] = [
             call.request_id,
             call.worst_case_nano if call.held else 0,
             "1" if call.held else "0",
@@ -223,7 +226,7 @@ class Meter:
         for _ in range(4):
             args[4] = int(time.time() * 1000)
             try:
-                reply = await self.scripts.call(ADMIT, call.keys.keys, args)
+                reply = await self.scripts.call(ADMIT, call.keys.admit, args)
             except (redis.RedisError, OSError) as exc:
                 log.error("redis unavailable at admission", error=str(exc))
                 raise Unavailable(
@@ -337,22 +340,11 @@ class Meter:
     async def _settle(self, call: Call, charge_nano: int, tokens: int) -> None:
         if not (call.held or call.capped or call.rate_limited) or call.admitted is None:
             return
-        bal, holds, hold_exp, unfolded = tenant_keys(call.caller.tenant_id)
-        base = f"tally:{{{call.caller.tenant_id}}}"
         tpm_delta = tokens - call.tpm_estimate if call.rate_limited else 0
         try:
             await self.scripts.call(
                 SETTLE,
-                [
-                    bal,
-                    holds,
-                    hold_exp,
-                    unfolded,
-                    call.keys.key_window,
-                    call.keys.tenant_window,
-                    f"{base}:sholds",
-                    f"{base}:shold_exp",
-                ],
+                call.keys.settle,
                 [call.request_id, charge_nano, tpm_delta, "1" if call.held else "0"],
             )
         except (redis.RedisError, OSError) as exc:

@@ -64,6 +64,12 @@ APPEND_COMMIT = prometheus_client.Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
+REDIS_BATCH_SIZE = prometheus_client.Histogram(
+    "tally_gateway_redis_batch_size",
+    "Admission and settle scripts sent to Redis together in one round trip.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
 _TOKEN_KINDS = ("input", "cached_input", "cache_write", "output", "reasoning")
 
 _latency: dict[str, prometheus_client.Histogram] = {}

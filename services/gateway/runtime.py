@@ -184,3 +184,4 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
         await append_pool.close()
         await upstream.close()
         await health.close()
+        await meter.close()

@@ -195,13 +195,10 @@ class Gateway:
         self, send: Send, call: Call, payload: dict[str, Any], charge_nano: int
     ) -> None:
         body = _encode(payload)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": self._headers(call, charge_nano),
-            }
-        )
+        headers = self._headers(call, charge_nano)
+        # A length lets the server send the body as it is, not as one chunk of a chunked body.
+        headers.append((b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def _read(self, call: Call, response: aiohttp.ClientResponse) -> bytes:

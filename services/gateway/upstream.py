@@ -17,6 +17,7 @@ from uuid import UUID
 import aiohttp
 import msgspec
 import redis.asyncio as redis
+from yarl import URL
 
 from gateway import metrics, repository
 from gateway.catalog import CatalogCache, ModelEntry, Route, order_routes
@@ -123,6 +124,7 @@ class Upstream:
         )
         self.session: aiohttp.ClientSession | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._urls: dict[str, URL] = {}
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -189,7 +191,10 @@ class Upstream:
             started = time.perf_counter()
             try:
                 response = await self.session.request(
-                    request.method, request.url, headers=request.headers, data=request.body
+                    request.method,
+                    self._url(request.url),
+                    headers=request.headers,
+                    data=request.body,
                 )
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 elapsed = time.perf_counter() - started
@@ -257,6 +262,15 @@ class Upstream:
             status=status,
             code="upstream_rate_limited" if status == 429 else "upstream_error",
         )
+
+    def _url(self, url: str) -> URL:
+        """The parsed URL: a route's few URLs are parsed once, not on every request."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
 
     def _refuse_credential(self, route: Route, error: UpstreamError) -> None:
         """Stop using a credential the provider refused, here at once and everywhere soon."""

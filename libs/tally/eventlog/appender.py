@@ -1,9 +1,11 @@
 """Group commit: concurrent appends of one process share one transaction and one round trip.
 
-Callers enqueue an event and wait. A dispatcher takes everything queued (up to `max_batch`),
-appends it in one transaction and resumes each caller only after that transaction committed,
-so an event is durable when its `append` returns. When a batch fails, every caller in it gets
-the exception: nobody is told "done" for an event that is not in the log.
+A caller that finds a slot free and nobody waiting appends its event at once, in its own task;
+callers arriving while `max_inflight` batches are running queue up, and the next free slot
+appends everything queued (up to `max_batch`) in one statement. Each caller resumes only after
+the statement holding its event committed, so an event is durable when `append` returns. When a
+batch fails, every caller in it gets the exception: nobody is told "done" for an event that is
+not in the log.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from tally.eventlog.base import Event
 from tally.eventlog.store import NewEvent, StoredEvent, append_events
@@ -38,11 +41,15 @@ class GroupCommitAppender:
         self._pool = pool
         self._max_batch = max_batch
         # Two batches in flight keep the database busy while the previous commit returns.
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._max_inflight = max_inflight
+        self._inflight = 0
         self._queue: list[_Pending] = []
-        self._queued = asyncio.Event()
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._commits: set[asyncio.Task[None]] = set()
+        # Connections kept between batches: checking one out of the pool and back in costs
+        # a task switch each time (asyncpg shields the release in a task of its own).
+        self._idle: list[PoolConnectionProxy] = []
+        self._quiet = asyncio.Event()  # set while no batch runs and none waits
+        self._quiet.set()
+        self._drains: set[asyncio.Task[None]] = set()
         self._closed = False
         self._on_batch = on_batch
 
@@ -50,38 +57,68 @@ class GroupCommitAppender:
         """Append one event; return once the batch holding it has committed."""
         if self._closed:
             raise AppenderClosed("the event appender is closed")
+        item = NewEvent(event, idempotency_key)
+        if self._inflight < self._max_inflight and not self._queue:
+            # A free slot and nobody waiting: commit this event at once in the caller's own
+            # task (no queue, no task switch). Events arriving meanwhile queue up and share
+            # the next batch. A caller cancelled here leaves its event's fate open, as a
+            # caller that stops waiting for a queued batch does.
+            self._inflight += 1
+            self._quiet.clear()
+            try:
+                return (await self._append([item]))[0]
+            finally:
+                self._slot_freed()
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append((NewEvent(event, idempotency_key), future))
-        self._queued.set()
-        if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
-        # A caller cancelled here cancels only its own future: the batch task carries on, and
+        self._queue.append((item, future))
+        # A caller cancelled here cancels only its own future: the batch carries on, and
         # `_commit` skips futures that are already done.
         return await future
 
-    async def _dispatch(self) -> None:
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._queued.clear()
-                await self._queued.wait()
-                continue
-            await self._slots.acquire()
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            task = asyncio.get_running_loop().create_task(self._commit(batch))
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
+    def _slot_freed(self) -> None:
+        self._inflight -= 1
+        if self._queue and self._inflight < self._max_inflight:
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        elif self._inflight == 0 and not self._queue:
+            self._quiet.set()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._commit(batch)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0 and not self._queue:
+                self._quiet.set()
+
+    async def _append(self, items: list[NewEvent]) -> list[StoredEvent]:
         started = time.perf_counter()
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
         try:
             # No explicit transaction: the batch is one INSERT statement, atomic and committed
             # on its own, so BEGIN and COMMIT would only add two round trips per batch. (The
             # lookup of duplicates, when there are any, only reads committed rows.)
-            async with self._pool.acquire() as conn:
-                results = await append_events(conn, [item for item, _ in batch])
+            results = await append_events(conn, items)
+        except BaseException:
+            # The pool resets the connection, or replaces it if it broke.
+            await self._pool.release(conn)
+            raise
+        if self._closed:
+            await self._pool.release(conn)
+        else:
+            self._idle.append(conn)
+        if self._on_batch is not None:
+            self._on_batch(len(items), time.perf_counter() - started)
+        return results
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._append([item for item, _ in batch])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():
@@ -89,10 +126,6 @@ class GroupCommitAppender:
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self._slots.release()
-        if self._on_batch is not None:
-            self._on_batch(len(batch), time.perf_counter() - started)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -100,7 +133,7 @@ class GroupCommitAppender:
     async def close(self) -> None:
         """Stop taking events and wait until everything queued has committed (or failed)."""
         self._closed = True
-        self._queued.set()
-        if self._dispatcher is not None:
-            await self._dispatcher
-        await asyncio.gather(*list(self._commits), return_exceptions=True)
+        await self._quiet.wait()
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)

@@ -4,16 +4,20 @@ like LiveBalances.settle."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import redis.asyncio as redis
+from redis.asyncio.connection import Connection
 
 from gateway.admission import (
     ADMIT,
     SETTLE,
     Admitted,
+    PackedKeys,
     Refused,
+    Script,
     ScriptBatcher,
     admit_keys,
     parse_admit,
@@ -111,3 +115,48 @@ async def test_rate_limits_refuse_without_holding(redis_client: redis.Redis) -> 
     snapshot = await live.snapshot(tenant)
     assert snapshot is not None
     assert snapshot.holds_nano == 2
+
+
+async def test_concurrent_admits_share_round_trips_and_each_gets_its_own_answer(
+    redis_client: redis.Redis,
+) -> None:
+    live, scripts = LiveBalances(redis_client), ScriptBatcher(redis_client)
+    tenant, key = uuid.uuid4(), uuid.uuid4()
+    await live.load(tenant, seq=1, balance_nano=1_000, unfolded={})
+    results = await asyncio.gather(
+        *(admit(scripts, tenant, key, admit_args(f"r{i}", 30)) for i in range(40))
+    )
+    # 1,000 holds 33 requests of 30; the other seven are refused, each with its own reply.
+    assert sum(isinstance(r, Admitted) for r in results) == 33
+    assert sorted(r.available_nano for r in results if isinstance(r, Admitted)) == list(
+        range(10, 1_000, 30)
+    )
+    assert all(r == Refused("insufficient", amount=10) for r in results if isinstance(r, Refused))
+    snapshot = await live.snapshot(tenant)
+    assert snapshot is not None and snapshot.holds_nano == 990
+    await scripts.close()
+
+
+def test_scripts_are_packed_exactly_as_redis_py_packs_them() -> None:
+    keys = ["tally:{t}:bal", "tally:{t}:holds"]
+    args: list[str | int] = ["req-1", 123_456_789_012, -1, "1", 0, "ünïcode"]
+    expected = b"".join(Connection().pack_command("EVALSHA", ADMIT.sha, len(keys), *keys, *args))
+    assert ADMIT.command(PackedKeys(keys), args) == expected
+
+
+async def test_a_script_redis_does_not_know_yet_is_loaded_and_run(
+    redis_client: redis.Redis,
+) -> None:
+    scripts = ScriptBatcher(redis_client)
+    # A source no Redis has seen: the first EVALSHA answers NOSCRIPT.
+    unknown = Script(f"return ARGV[1] .. '-{uuid.uuid4()}'")
+    assert (await scripts.call(unknown, [], ["a"])).startswith(b"a-")
+    other = Script(f"return ARGV[1] .. '-{uuid.uuid4()}'")
+    # The same inside a shared round trip (the first call, of the known script, goes out
+    # alone; the others queue behind it and share one): every call gets its own reply.
+    replies = await asyncio.gather(
+        scripts.call(unknown, [], ["first"]),
+        *(scripts.call(other, [], [str(i)]) for i in range(5)),
+    )
+    assert [r.split(b"-")[0] for r in replies] == [b"first", b"0", b"1", b"2", b"3", b"4"]
+    await scripts.close()
