@@ -95,7 +95,7 @@ SELECT tenant_id, model, provider,
        sum(promo_nano) AS promo_nano,
        sum(unfunded_nano) AS unfunded_nano
 FROM usage_rollups
-WHERE hour >= $1 AND hour < $2 AND ($3::uuid IS NULL OR tenant_id = $3)
+WHERE hour >= $1 AND hour < $2 AND ($3::uuid[] IS NULL OR tenant_id = ANY($3))
 GROUP BY tenant_id, model, provider
 ORDER BY tenant_id, model, provider
 """
@@ -135,13 +135,13 @@ class UsageAggregate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def usage_by_model(
-    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+    conn: Connection, start: datetime, end: datetime, tenant_ids: list[UUID] | None = None
 ) -> list[UsageAggregate]:
     """Usage of [start, end) by tenant, model and provider, from billing's hourly rollups.
 
     `start` and `end` must be whole UTC hours (finance period bounds are).
     """
-    rows = await conn.fetch(_ROLLUP_USAGE, start, end, tenant_id)
+    rows = await conn.fetch(_ROLLUP_USAGE, start, end, tenant_ids)
     return [
         UsageAggregate(
             tenant_id=row["tenant_id"],
@@ -160,7 +160,7 @@ _ROLLUP_USAGE_BEFORE = """
 SELECT tenant_id, sum(charge_nano) AS charge_nano, sum(paid_nano) AS paid_nano,
        sum(promo_nano) AS promo_nano, sum(unfunded_nano) AS unfunded_nano
 FROM usage_rollups
-WHERE hour < $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+WHERE hour < $1 AND ($2::uuid[] IS NULL OR tenant_id = ANY($2))
 GROUP BY tenant_id
 """
 
@@ -175,10 +175,10 @@ class UsageFunding(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def usage_funding_before(
-    conn: Connection, before: datetime, tenant_id: UUID | None = None
+    conn: Connection, before: datetime, tenant_ids: list[UUID] | None = None
 ) -> dict[UUID, UsageFunding]:
     """Per tenant: every usage charge of the hours before `before`, by funding."""
-    rows = await conn.fetch(_ROLLUP_USAGE_BEFORE, before, tenant_id)
+    rows = await conn.fetch(_ROLLUP_USAGE_BEFORE, before, tenant_ids)
     return {
         row["tenant_id"]: UsageFunding(
             charge_nano=int(row["charge_nano"]),
@@ -198,14 +198,14 @@ _MONEY_LINES = """
 SELECT tenant_id, position, kind, amount_nano, occurred_at, reference, description, unfunded_nano
 FROM ledger_entries
 WHERE kind <> 'usage' AND occurred_at >= $1 AND occurred_at < $2
-  AND ($3::uuid IS NULL OR tenant_id = $3)
+  AND ($3::uuid[] IS NULL OR tenant_id = ANY($3))
 UNION ALL
 SELECT l.tenant_id, l.expired_position, 'expiry', 0, e.recorded_at, l.reference,
        'Expired: no unused credits left of the grant', 0
 FROM credit_lots l JOIN events e ON e.position = l.expired_position
 WHERE l.expired_position IS NOT NULL AND l.expired_nano = 0
   AND e.recorded_at >= $1 AND e.recorded_at < $2
-  AND ($3::uuid IS NULL OR l.tenant_id = $3)
+  AND ($3::uuid[] IS NULL OR l.tenant_id = ANY($3))
 ORDER BY tenant_id, occurred_at, position
 """
 
@@ -224,26 +224,26 @@ class LedgerMoneyLine(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def money_lines(
-    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+    conn: Connection, start: datetime, end: datetime, tenant_ids: list[UUID] | None = None
 ) -> list[LedgerMoneyLine]:
     """The ledger's money lines of [start, end), per tenant in time order."""
-    rows = await conn.fetch(_MONEY_LINES, start, end, tenant_id)
+    rows = await conn.fetch(_MONEY_LINES, start, end, tenant_ids)
     return [LedgerMoneyLine(**dict(row)) for row in rows]
 
 
 _MONEY_BEFORE = """
 SELECT tenant_id, sum(amount_nano) AS amount_nano, sum(unfunded_nano) AS unfunded_nano
 FROM ledger_entries
-WHERE kind <> 'usage' AND occurred_at < $1 AND ($2::uuid IS NULL OR tenant_id = $2)
+WHERE kind <> 'usage' AND occurred_at < $1 AND ($2::uuid[] IS NULL OR tenant_id = ANY($2))
 GROUP BY tenant_id
 """
 
 
 async def money_before(
-    conn: Connection, before: datetime, tenant_id: UUID | None = None
+    conn: Connection, before: datetime, tenant_ids: list[UUID] | None = None
 ) -> dict[UUID, tuple[int, int]]:
     """Per tenant: (Σ balance change, Σ unfunded debit) of the money lines before `before`."""
-    rows = await conn.fetch(_MONEY_BEFORE, before, tenant_id)
+    rows = await conn.fetch(_MONEY_BEFORE, before, tenant_ids)
     return {r["tenant_id"]: (int(r["amount_nano"]), int(r["unfunded_nano"])) for r in rows}
 
 
@@ -252,16 +252,16 @@ SELECT tenant_id, funding,
        coalesce(sum(amount_nano) FILTER (WHERE opened_at < $1), 0) AS before,
        coalesce(sum(amount_nano) FILTER (WHERE opened_at >= $1), 0) AS during
 FROM credit_lots
-WHERE opened_at < $2 AND ($3::uuid IS NULL OR tenant_id = $3)
+WHERE opened_at < $2 AND ($3::uuid[] IS NULL OR tenant_id = ANY($3))
 GROUP BY tenant_id, funding
 """
 
 
 async def lots_opened(
-    conn: Connection, start: datetime, end: datetime, tenant_id: UUID | None = None
+    conn: Connection, start: datetime, end: datetime, tenant_ids: list[UUID] | None = None
 ) -> dict[tuple[UUID, str], tuple[int, int]]:
     """Per (tenant, funding): credits put into lots before `start` and during [start, end)."""
-    rows = await conn.fetch(_LOTS_OPENED, start, end, tenant_id)
+    rows = await conn.fetch(_LOTS_OPENED, start, end, tenant_ids)
     return {(r["tenant_id"], r["funding"]): (int(r["before"]), int(r["during"])) for r in rows}
 
 
@@ -279,7 +279,7 @@ SELECT c.tenant_id, c.funding, c.reason, c.amount_nano,
               AND l.occurred_at < (c.day + 1)::timestamp AT TIME ZONE 'UTC'),
            c.day::timestamp AT TIME ZONE 'UTC') AS at
 FROM credit_consumption_daily c
-WHERE c.day <= $1::date AND ($2::uuid IS NULL OR c.tenant_id = $2)
+WHERE c.day <= $1::date AND ($2::uuid[] IS NULL OR c.tenant_id = ANY($2))
 """
 
 
@@ -292,10 +292,10 @@ class Consumption(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def consumption_through(
-    conn: Connection, end: datetime, tenant_id: UUID | None = None
+    conn: Connection, end: datetime, tenant_ids: list[UUID] | None = None
 ) -> list[Consumption]:
     """Every consumption row of the UTC days up to `end`'s, each placed at an instant."""
-    rows = await conn.fetch(_CONSUMPTION, end.astimezone(UTC).date(), tenant_id)
+    rows = await conn.fetch(_CONSUMPTION, end.astimezone(UTC).date(), tenant_ids)
     return [Consumption(**dict(row)) for row in rows]
 
 

@@ -339,6 +339,10 @@ def _period_figures(
     )
 
 
+# Tenants per read when streaming an open month's statements (bounds the export's memory).
+STATEMENT_CHUNK = 500
+
+
 class FinanceService:
     # --- tenants and periods ---------------------------------------------------------------
 
@@ -663,7 +667,7 @@ class FinanceService:
         """
         tz = config.tz
         start, end = period.starts_at(tz), period.ends_at(tz)
-        only = tenants[0].id if len(tenants) == 1 else None
+        only = [tenant.id for tenant in tenants]
         usage = await repository.usage_by_model(conn, start, end, only)
         usage_before = await repository.usage_funding_before(conn, start, only)
         lines = await repository.money_lines(conn, start, end, only)
@@ -706,10 +710,13 @@ class FinanceService:
             async for body in repository.stream_statement_bodies(conn, str(period)):
                 yield decode_statement(body)
             return
+        # A chunk of tenants at a time, so memory stays bounded however many tenants there are.
         tenants = await repository.tenants_created_before(conn, period.ends_at(config.tz))
-        computed = await self.compute_period(conn, config, period, tenants, final=False)
-        for statement in computed.statements:
-            yield statement
+        for first in range(0, len(tenants), STATEMENT_CHUNK):
+            chunk = tenants[first : first + STATEMENT_CHUNK]
+            computed = await self.compute_period(conn, config, period, chunk, final=False)
+            for statement in computed.statements:
+                yield statement
 
     # --- the period close ------------------------------------------------------------------
 
@@ -1064,8 +1071,9 @@ class FinanceService:
         # changes in fold order. Over the whole history both must give the same balance.
         only = computed.statements[0].tenant_id if len(computed.statements) == 1 else None
         running = await repository.folded_balances(conn, only)
-        money = await repository.money_before(conn, _END_OF_TIME, only)
-        usage = await repository.usage_funding_before(conn, _END_OF_TIME, only)
+        tenant_ids = None if only is None else [only]
+        money = await repository.money_before(conn, _END_OF_TIME, tenant_ids)
+        usage = await repository.usage_funding_before(conn, _END_OF_TIME, tenant_ids)
         off = [
             s.tenant_name
             for s in computed.statements

@@ -189,6 +189,23 @@ async def test_statements_for_every_tenant_and_one_as_pdf(
     assert len(zipfile.ZipFile(io.BytesIO(zipped.content)).namelist()) == 2
 
 
+async def test_an_open_months_statements_stream_in_chunks_with_the_same_content(
+    client: AsyncTestClient[Litestar],
+    two_tenants: tuple[uuid.UUID, uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from billing.finance import service
+
+    path = "/finance/periods/2025-03/statements?format=csv"
+    whole = (await client.get(path, headers=FINANCE)).content.decode()
+    monkeypatch.setattr(service, "STATEMENT_CHUNK", 1)  # one tenant per read
+    chunked = (await client.get(path, headers=FINANCE)).content.decode()
+    assert chunked == whole
+    assert {row["tenant_id"] for row in csv.DictReader(io.StringIO(chunked, newline=""))} == {
+        str(tenant) for tenant in two_tenants
+    }
+
+
 async def test_a_tenant_admin_sees_its_own_tenant_only(
     client: AsyncTestClient[Litestar], two_tenants: tuple[uuid.UUID, uuid.UUID], pool: asyncpg.Pool
 ) -> None:
