@@ -20,6 +20,7 @@ import msgspec
 
 from tally.db import Connection
 from tally.pricing import ModelPrice
+from tally.tariff import Tariff
 
 DEFAULT_MARGIN_PCT = Decimal(0)
 DEFAULT_CREDIT_PRICE_USD = Decimal(1)
@@ -159,11 +160,12 @@ class PriceBookSnapshot:
         for tenant_rows in self._tenants.values():
             tenant_rows.sort(key=itemgetter(0))
         # (tenant, model, version) -> (rows at or below version, margins, credit price): the
-        # part that does not depend on the time; then (…, row index) -> the EffectivePrice.
+        # part that does not depend on the time; then (…, row index) -> the EffectivePrice,
+        # prepared as a Tariff once (the fold prices every usage event with it).
         self._context: dict[
             tuple[UUID | None, str, int], tuple[int, Decimal | None, Decimal | None, Decimal]
         ] = {}
-        self._prices: dict[tuple[UUID | None, str, int, int], EffectivePrice] = {}
+        self._tariffs: dict[tuple[UUID | None, str, int, int], Tariff] = {}
 
     @classmethod
     async def load(cls, conn: Connection) -> PriceBookSnapshot:
@@ -197,6 +199,13 @@ class PriceBookSnapshot:
         self, *, tenant_id: UUID | None, model: str, version: int, at: datetime
     ) -> EffectivePrice | None:
         """Exactly `tally.pricebook.effective_price`, from memory."""
+        tariff = self.tariff(tenant_id=tenant_id, model=model, version=version, at=at)
+        return tariff.price if tariff is not None else None
+
+    def tariff(
+        self, *, tenant_id: UUID | None, model: str, version: int, at: datetime
+    ) -> Tariff | None:
+        """The `effective_price` answer as a `Tariff`, prepared once per price."""
         rows = self._models.get(model)
         if not rows:
             return None
@@ -212,7 +221,7 @@ class PriceBookSnapshot:
                 break
         else:
             return None
-        cached = self._prices.get((tenant_id, model, version, index))
+        cached = self._tariffs.get((tenant_id, model, version, index))
         if cached is not None:
             return cached
         price, model_margin, _ = rows[index][1]
@@ -227,8 +236,8 @@ class PriceBookSnapshot:
             margin_pct=margin,
             credit_price_usd=credit_price,
         )
-        self._prices[(tenant_id, model, version, index)] = result
-        return result
+        tariff = self._tariffs[(tenant_id, model, version, index)] = Tariff(result)
+        return tariff
 
     def _context_of(
         self,

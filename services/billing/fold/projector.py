@@ -29,7 +29,7 @@ from tally.events.billing import (
 from tally.log import get_logger
 from tally.money import format_credits
 from tally.pricebook import PriceBookSnapshot
-from tally.pricing import PricingError, price_usage
+from tally.pricing import PricingError
 
 log = get_logger(__name__)
 
@@ -134,22 +134,18 @@ class Projector:
         assert isinstance(event, UsageRecorded)
         occurred = utc(event.occurred_at)
         usage = event.usage
-        price = self._book.effective_price(
+        tariff = self._book.tariff(
             tenant_id=tenant_id, model=event.model, version=event.price_version, at=occurred
         )
         reason: str | None = None
         recomputed_charge: int | None = None
         recomputed_base: int | None = None
-        if price is None:
+        if tariff is None:
             reason = "unpriced"
         else:
             try:
-                priced = price_usage(
-                    usage,
-                    price.price,
-                    margin_pct=price.margin_pct,
-                    credit_price_usd=price.credit_price_usd,
-                )
+                # Exactly price_usage (property-tested), in integers where that is exact.
+                priced = tariff.charge(usage)
             except PricingError:
                 reason = "unpriceable"
             else:

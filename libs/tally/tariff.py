@@ -1,7 +1,8 @@
-"""A price prepared for the hot path: `tally.pricing.price_usage`, exactly, in integer arithmetic.
+"""A price prepared for hot paths: `tally.pricing.price_usage`, exactly, in integer arithmetic.
 
-`price_usage` works in 60-digit Decimal arithmetic, which costs tens of microseconds a call,
-twice per request (the hold and the charge). A `Tariff` turns one `EffectivePrice` into integer
+`price_usage` works in 60-digit Decimal arithmetic, which costs tens of microseconds a call;
+the gateway prices twice per request (the hold and the charge) and the billing fold prices every
+usage event again (design invariant 1). A `Tariff` turns one `EffectivePrice` into integer
 coefficients once, then prices token usage as one exact fraction and rounds it half-up, the same
 single rounding as `tally.money.round_nano`.
 
@@ -9,7 +10,8 @@ The Decimal path can round an intermediate quotient (a credit price such as 3 ma
 inexact), so it equals the exact fraction only up to ~10^-59 relative. Whenever the exact value
 lies close enough to a rounding tie for that to matter, and for anything beyond plain token
 counts (images, per-request prices), the tariff hands over to `price_usage` itself, so the two
-never disagree. The fold re-prices every usage event with `price_usage` and reports mismatches.
+never disagree: the gateway and the fold share this one implementation, and a property test
+(tests/unit/test_tariff.py) checks it against `price_usage`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-from tally.pricebook import EffectivePrice
 from tally.pricing import Charge, TokenUsage, price_usage
+
+if TYPE_CHECKING:  # pricebook caches tariffs, so it imports this module
+    from tally.pricebook import EffectivePrice
 
 # 1 credit = 10^9 nano-credits; prices are USD per 10^6 tokens.
 _NANO_PER_MTOK_USD = 1000
