@@ -77,6 +77,7 @@ class Tariff:
         if not self._fast or usage.images:
             return self._slow(usage)
         a, b, c, d, e = self._coefficients
+        # Counts and rates are never negative, so the base is a plain floor division.
         numerator = (
             usage.input_tokens * a
             + usage.cached_input_tokens * b
@@ -84,12 +85,20 @@ class Tariff:
             + usage.output_tokens * d
             + usage.reasoning_tokens * e
         )
-        base, base_tie = _round_half_up(numerator, self._den)
-        factor_num, factor_den = self._factor
-        charged, charge_tie = _round_half_up(numerator * factor_num, self._den * factor_den)
-        if base_tie or charge_tie:
+        den = self._den
+        if numerator < 0:  # unreachable through validated structs; price_usage rounds it
             return self._slow(usage)
-        return Charge(base_nano=base, charge_nano=max(0, charged))
+        base, remainder = divmod(numerator, den)
+        twice = 2 * remainder
+        if abs(twice - den) * _TIE_GUARD < den:
+            return self._slow(usage)
+        if twice >= den:
+            base += 1
+        factor_num, factor_den = self._factor
+        charged, charge_tie = _round_half_up(numerator * factor_num, den * factor_den)
+        if charge_tie:
+            return self._slow(usage)
+        return Charge(base, charged if charged > 0 else 0)
 
     def _slow(self, usage: TokenUsage) -> Charge:
         p = self.price
