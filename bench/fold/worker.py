@@ -14,7 +14,7 @@ import time
 import redis.asyncio as redis
 import uvloop
 
-from billing.fold.service import Folder, tune_garbage_collector
+from billing.fold.service import DEFAULT_BATCH, Folder, tune_garbage_collector
 from tally.config import load_settings
 from tally.db import create_pool
 from tally.live_balance import LiveBalances
@@ -64,6 +64,6 @@ if __name__ == "__main__":
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--index", type=int)
-    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument("--max-events", type=int)
     uvloop.run(main(parser.parse_args()))

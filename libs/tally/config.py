@@ -321,7 +321,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             "Most events the billing fold applies per transaction (larger batches fold faster"
             " when catching up; each commits as one transaction)."
         ),
-    ] = 10_000
+    ] = 25_000
     fold_poll_seconds: Annotated[
         float,
         msgspec.Meta(gt=0, le=60),

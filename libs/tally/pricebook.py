@@ -10,7 +10,7 @@ the same rows and the same pricing code.
 from __future__ import annotations
 
 from bisect import bisect_right
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from operator import itemgetter
 from typing import TypeVar
@@ -20,6 +20,7 @@ import msgspec
 
 from tally.db import Connection
 from tally.pricing import ModelPrice
+from tally.tariff import Tariff
 
 DEFAULT_MARGIN_PCT = Decimal(0)
 DEFAULT_CREDIT_PRICE_USD = Decimal(1)
@@ -56,6 +57,8 @@ LIMIT 1
 """
 
 _price_decoder = msgspec.json.Decoder(ModelPrice)
+_START_OF_TIME = datetime.min.replace(tzinfo=UTC)
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 _T = TypeVar("_T")
 
 
@@ -159,11 +162,16 @@ class PriceBookSnapshot:
         for tenant_rows in self._tenants.values():
             tenant_rows.sort(key=itemgetter(0))
         # (tenant, model, version) -> (rows at or below version, margins, credit price): the
-        # part that does not depend on the time; then (…, row index) -> the EffectivePrice.
+        # part that does not depend on the time; then (…, row index) -> the EffectivePrice,
+        # prepared as a Tariff once (the fold prices every usage event with it).
         self._context: dict[
             tuple[UUID | None, str, int], tuple[int, Decimal | None, Decimal | None, Decimal]
         ] = {}
-        self._prices: dict[tuple[UUID | None, str, int, int], EffectivePrice] = {}
+        self._tariffs: dict[tuple[UUID | None, str, int, int], Tariff] = {}
+        # (tenant, model, version) -> [from, until) and the answer throughout it.
+        self._spans: dict[
+            tuple[UUID | None, str, int], tuple[datetime, datetime, Tariff | None]
+        ] = {}
 
     @classmethod
     async def load(cls, conn: Connection) -> PriceBookSnapshot:
@@ -197,38 +205,59 @@ class PriceBookSnapshot:
         self, *, tenant_id: UUID | None, model: str, version: int, at: datetime
     ) -> EffectivePrice | None:
         """Exactly `tally.pricebook.effective_price`, from memory."""
+        tariff = self.tariff(tenant_id=tenant_id, model=model, version=version, at=at)
+        return tariff.price if tariff is not None else None
+
+    def tariff(
+        self, *, tenant_id: UUID | None, model: str, version: int, at: datetime
+    ) -> Tariff | None:
+        """The `effective_price` answer as a `Tariff`, prepared once per price."""
+        if tenant_id is not None and tenant_id not in self._tenants:
+            tenant_id = None  # no margin of its own: priced like every such tenant
+        key = (tenant_id, model, version)
+        # The fold asks for the same (tenant, model, version) at ever later times: the answer
+        # holds for a span of time, so most lookups are one dict hit and two comparisons.
+        span = self._spans.get(key)
+        if span is not None and span[0] <= at < span[1]:
+            return span[2]
         rows = self._models.get(model)
         if not rows:
             return None
-        key = (tenant_id, model, version)
         context = self._context.get(key)
         if context is None:
             context = self._context[key] = self._context_of(tenant_id, rows, version)
-        index, tenant_margin, default_margin, credit_price = context
-        # The newest version at or below `version` that is already in effect at `at`.
+        bound, tenant_margin, default_margin, credit_price = context
+        # The newest version at or below `version` that is already in effect at `at`; the
+        # answer stays the same until a newer one of those rows takes effect.
+        index = bound
+        until = _END_OF_TIME
         while index:
             index -= 1
-            if rows[index][1][2] <= at:
+            effective_at = rows[index][1][2]
+            if effective_at <= at:
                 break
+            until = min(until, effective_at)
         else:
+            self._spans[key] = (_START_OF_TIME, until, None)
             return None
-        cached = self._prices.get((tenant_id, model, version, index))
-        if cached is not None:
-            return cached
-        price, model_margin, _ = rows[index][1]
-        margin = next(
-            (m for m in (tenant_margin, model_margin, default_margin) if m is not None),
-            DEFAULT_MARGIN_PCT,
-        )
-        result = EffectivePrice(
-            price_version=version,
-            model=model,
-            price=price,
-            margin_pct=margin,
-            credit_price_usd=credit_price,
-        )
-        self._prices[(tenant_id, model, version, index)] = result
-        return result
+        tariff = self._tariffs.get((tenant_id, model, version, index))
+        if tariff is None:
+            price, model_margin, _ = rows[index][1]
+            margin = next(
+                (m for m in (tenant_margin, model_margin, default_margin) if m is not None),
+                DEFAULT_MARGIN_PCT,
+            )
+            tariff = self._tariffs[(tenant_id, model, version, index)] = Tariff(
+                EffectivePrice(
+                    price_version=version,
+                    model=model,
+                    price=price,
+                    margin_pct=margin,
+                    credit_price_usd=credit_price,
+                )
+            )
+        self._spans[key] = (rows[index][1][2], until, tariff)
+        return tariff
 
     def _context_of(
         self,

@@ -45,7 +45,6 @@ from gateway.errors import (
     SpendCapReached,
     Unavailable,
 )
-from gateway.tariff import Tariff
 from gateway.upstream import Attempt
 from tally.eventlog import GroupCommitAppender
 from tally.events.billing import UsageRecorded
@@ -53,6 +52,7 @@ from tally.live_balance import LiveBalances, live_balance_from_postgres
 from tally.log import get_logger
 from tally.money import format_credits
 from tally.pricing import Charge, PricingError, TokenUsage, worst_case_usage
+from tally.tariff import Tariff
 
 log = get_logger(__name__)
 

@@ -14,8 +14,8 @@ from uuid import UUID
 import asyncpg
 
 from gateway import repository
-from gateway.tariff import Tariff
 from tally.pricebook import current_price_version, effective_price
+from tally.tariff import Tariff
 
 
 class PriceCache:

@@ -29,7 +29,7 @@ from tally.events.billing import (
 from tally.log import get_logger
 from tally.money import format_credits
 from tally.pricebook import PriceBookSnapshot
-from tally.pricing import PricingError, price_usage
+from tally.pricing import PricingError
 
 log = get_logger(__name__)
 
@@ -76,6 +76,8 @@ def utc(moment: datetime) -> datetime:
 
 def referenced_lots(stored: StoredEvent, state: TenantCredits) -> str | None:
     """The lot an event acts on by name, which the fold must load even when it is closed."""
+    if stored.type == "UsageRecorded":
+        return None  # nearly every event: usage names no lot
     event = stored.event
     if isinstance(event, CreditsRefunded | CreditsFrozen):
         return f"purchase:{event.purchase_id}"
@@ -134,22 +136,18 @@ class Projector:
         assert isinstance(event, UsageRecorded)
         occurred = utc(event.occurred_at)
         usage = event.usage
-        price = self._book.effective_price(
+        tariff = self._book.tariff(
             tenant_id=tenant_id, model=event.model, version=event.price_version, at=occurred
         )
         reason: str | None = None
         recomputed_charge: int | None = None
         recomputed_base: int | None = None
-        if price is None:
+        if tariff is None:
             reason = "unpriced"
         else:
             try:
-                priced = price_usage(
-                    usage,
-                    price.price,
-                    margin_pct=price.margin_pct,
-                    credit_price_usd=price.credit_price_usd,
-                )
+                # Exactly price_usage (property-tested), in integers where that is exact.
+                priced = tariff.charge(usage)
             except PricingError:
                 reason = "unpriceable"
             else:
@@ -467,21 +465,31 @@ def _label(endpoint: str) -> str:
     return label
 
 
+_prefixes: dict[tuple[str, str], str] = {}
+
+
 def describe_usage(event: UsageRecorded) -> str:
     """A usage line as a customer reads it: what, which model, how much."""
-    label = _label(event.endpoint)
+    # The fold writes one per usage event: the "<what> with <model>" part is built once.
+    prefix = _prefixes.get((event.endpoint, event.model))
+    if prefix is None:
+        prefix = f"{_label(event.endpoint)} with {event.model}"
+        if len(_prefixes) < 10_000:
+            _prefixes[(event.endpoint, event.model)] = prefix
     usage = event.usage
-    parts = []
-    if usage.total_input_tokens or usage.total_output_tokens:
-        parts.append(
-            f"{usage.total_input_tokens:,} input + {usage.total_output_tokens:,} output tokens"
-        )
+    total_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
+    total_out = usage.output_tokens + usage.reasoning_tokens
     if usage.images:
+        parts = []
+        if total_in or total_out:
+            parts.append(f"{total_in:,} input + {total_out:,} output tokens")
         count = sum(usage.images.values())
         parts.append(f"{count:,} image{'s' if count != 1 else ''}")
-    text = f"{label} with {event.model}"
-    if parts:
-        text += ": " + ", ".join(parts)
+        text = f"{prefix}: {', '.join(parts)}"
+    elif total_in or total_out:
+        text = f"{prefix}: {total_in:,} input + {total_out:,} output tokens"
+    else:
+        text = prefix
     if event.status == "client_disconnected":
         text += " (client disconnected; generated output billed)"
     return text

@@ -25,7 +25,7 @@ import asyncpg
 import msgspec
 
 from billing.fold import repository
-from billing.fold.service import PriceBookCache, fold_events
+from billing.fold.service import PriceBookCache, collector_paused, fold_events
 from tally.db import Connection
 from tally.eventlog import Checkpoint, Shard, StoredEvent, read_events
 from tally.eventlog.reader import checkpoint_of, load_checkpoint
@@ -207,25 +207,32 @@ class _Partition:
 
     async def run_to(self, conn: Connection, target: Checkpoint, *, in_transaction: bool) -> None:
         while self.position < target:
-            events = await read_events(
-                conn, self.position, limit=self._batch_size, shard=self.shard
-            )
-            batch: Sequence[StoredEvent] = [e for e in events if checkpoint_of(e) <= target]
-            if not batch:
-                # The target's events are committed and below the horizon, so this means the
-                # live checkpoint points past the end of the log: nothing more to replay.
-                return
-            try:
-                if in_transaction:
+            async with collector_paused():
+                if not await self._next_batch(conn, target, in_transaction=in_transaction):
+                    return
+
+    async def _next_batch(
+        self, conn: Connection, target: Checkpoint, *, in_transaction: bool
+    ) -> bool:
+        """Replay the next batch; False when there is nothing more to replay."""
+        events = await read_events(conn, self.position, limit=self._batch_size, shard=self.shard)
+        batch: Sequence[StoredEvent] = [e for e in events if checkpoint_of(e) <= target]
+        if not batch:
+            # The target's events are committed and below the horizon, so this means the
+            # live checkpoint points past the end of the log: nothing more to replay.
+            return False
+        try:
+            if in_transaction:
+                await fold_events(conn, batch, self._books, check_invariants=True)
+            else:
+                async with conn.transaction():
                     await fold_events(conn, batch, self._books, check_invariants=True)
-                else:
-                    async with conn.transaction():
-                        await fold_events(conn, batch, self._books, check_invariants=True)
-            except AssertionError as exc:
-                self.errors.append(f"partition {self.shard.index}: conservation broke: {exc}")
-                raise _ReplayFailed from exc
-            self.events += len(batch)
-            self.position = checkpoint_of(batch[-1])
+        except AssertionError as exc:
+            self.errors.append(f"partition {self.shard.index}: conservation broke: {exc}")
+            raise _ReplayFailed from exc
+        self.events += len(batch)
+        self.position = checkpoint_of(batch[-1])
+        return True
 
 
 async def _connect(database_url: str, schema: str) -> Connection:

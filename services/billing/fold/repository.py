@@ -196,6 +196,8 @@ SELECT shard_count FROM inserted UNION ALL SELECT shard_count FROM fold_layout
 LIMIT 1
 """
 
+_LAYOUT = "SELECT shard_count FROM fold_layout"
+
 # Shards with a committed event after their checkpoint (whether or not the gap-safe reader
 # may read it yet).
 _SHARDS_BEHIND = """
@@ -399,7 +401,13 @@ async def add_mismatches(conn: Connection, rows: list[MismatchRow]) -> None:
 
 async def ensure_layout(conn: Connection, shard_count: int) -> int:
     """Record the shard count on first use; return the one the checkpoints were written with."""
-    recorded: int = await conn.fetchval(_ENSURE_LAYOUT, shard_count)
+    recorded: int | None = await conn.fetchval(_ENSURE_LAYOUT, shard_count)
+    if recorded is None:
+        # A concurrent first run inserted the row after this statement's snapshot was taken:
+        # the INSERT waited for it and did nothing, the SELECT could not see it. A new
+        # statement (a new snapshot) does.
+        recorded = await conn.fetchval(_LAYOUT)
+    assert recorded is not None
     return recorded
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -32,7 +33,7 @@ from tally.pricebook import PriceBookSnapshot
 
 log = get_logger(__name__)
 
-DEFAULT_BATCH = 10_000
+DEFAULT_BATCH = 25_000
 
 
 def tune_garbage_collector() -> None:
@@ -45,6 +46,34 @@ def tune_garbage_collector() -> None:
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
+
+
+_batches_in_progress = 0
+_PAUSED_YOUNG_LIMIT = 1_000_000
+
+
+@asynccontextmanager
+async def collector_paused() -> AsyncIterator[None]:
+    """No garbage collection while a batch is decoded and folded.
+
+    Everything a batch allocates (events, states, rows) stays alive until the batch ends and
+    then goes by reference counting; a collection in between scans it all for nothing, ~10 %
+    of the fold's CPU. Collection resumes when the last batch in this process ends, with the
+    batch's objects already gone. Counted, so shards folding concurrently nest; should their
+    batches overlap for long, a young collection still runs once a million objects piled up.
+    """
+    global _batches_in_progress
+    if _batches_in_progress == 0:
+        gc.disable()
+    _batches_in_progress += 1
+    try:
+        yield
+    finally:
+        _batches_in_progress -= 1
+        if _batches_in_progress == 0:
+            gc.enable()
+        elif gc.get_count()[0] > _PAUSED_YOUNG_LIMIT:
+            gc.collect(0)
 
 
 # Test hook: called with a point name ("after_writes": inside the transaction, before the
@@ -192,18 +221,21 @@ class Folder:
         while max_batches is None or run.batches < max_batches:
             if deadline is not None and time.monotonic() >= deadline:
                 return run
-            batch.clear()
-            count = await consume_batch(
-                self._pool, consumer, handler, limit=self._batch_size, shard=shard
-            )
-            if count == 0:
-                run.caught_up = True
-                return run
-            run.events += count
-            run.batches += 1
-            if self._fault is not None:
-                self._fault("after_commit")
-            await self._after_commit(*batch[-1])
+            # No collection until the batch's objects are gone, after Redis was told.
+            async with collector_paused():
+                batch.clear()
+                count = await consume_batch(
+                    self._pool, consumer, handler, limit=self._batch_size, shard=shard
+                )
+                if count == 0:
+                    run.caught_up = True
+                    return run
+                run.events += count
+                run.batches += 1
+                if self._fault is not None:
+                    self._fault("after_commit")
+                await self._after_commit(*batch[-1])
+                batch.clear()
         return run
 
     async def fold_all(self) -> ShardRun:

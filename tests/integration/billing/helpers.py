@@ -3,6 +3,8 @@ write them (the tenant service, the gateway, the Stripe webhook)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -117,3 +119,21 @@ async def gateway_usage(
         occurred_at=occurred,
         provider=provider,
     )
+
+
+async def wait_until_readable(pool: asyncpg.Pool, *, timeout: float = 60.0) -> None:
+    """Wait until the gap-safe reader may read every event committed so far.
+
+    It reads below the oldest transaction running anywhere in the cluster, so a long
+    transaction of another database on a shared server holds back a fold that folds once.
+    """
+    deadline = time.monotonic() + timeout
+    async with pool.acquire() as conn:
+        newest = await conn.fetchval("SELECT max(txid)::text::bigint FROM events")
+        while newest is not None and time.monotonic() < deadline:
+            horizon = await conn.fetchval(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+            )
+            if horizon > newest:
+                return
+            await asyncio.sleep(0.05)

@@ -19,7 +19,14 @@ from tally.events.billing import (
     CreditsRefunded,
 )
 from tally.live_balance import LiveBalances, live_balance_from_postgres
-from tests.integration.billing.helpers import ACTOR, append, create_tenant, gateway_usage, set_price
+from tests.integration.billing.helpers import (
+    ACTOR,
+    append,
+    create_tenant,
+    gateway_usage,
+    set_price,
+    wait_until_readable,
+)
 
 CREDIT = 10**9
 
@@ -223,6 +230,7 @@ async def test_two_folders_on_two_shards_never_overlap(pool: asyncpg.Pool) -> No
             await append(
                 pool, await gateway_usage(pool, tenant, "m", input_tokens=1000, output_tokens=0)
             )
+    await wait_until_readable(pool)
     # Each worker folds the shards it is given; both run all shards concurrently here, the
     # worst case: the consumer lock must keep every event applied once.
     a = Folder(pool, shard_count=2, batch_size=7)

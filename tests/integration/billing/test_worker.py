@@ -27,7 +27,14 @@ from billing.grants.service import grant_service
 from tally.config import get_settings
 from tally.events.billing import CreditsGranted
 from tally.live_balance import LiveBalances
-from tests.integration.billing.helpers import ACTOR, append, create_tenant, gateway_usage, set_price
+from tests.integration.billing.helpers import (
+    ACTOR,
+    append,
+    create_tenant,
+    gateway_usage,
+    set_price,
+    wait_until_readable,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 CREDIT = 10**9
@@ -134,6 +141,8 @@ async def test_a_worker_killed_mid_batch_leaves_nothing_half_applied(
         expected[tenant] -= usage.charge_nano
         await append(pool, usage)
 
+    # Full batches of 50 only once no transaction anywhere holds the read horizon back.
+    await wait_until_readable(pool)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.integration.billing.fold_process", "4"],
         cwd=ROOT,

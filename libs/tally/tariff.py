@@ -1,7 +1,8 @@
-"""A price prepared for the hot path: `tally.pricing.price_usage`, exactly, in integer arithmetic.
+"""A price prepared for hot paths: `tally.pricing.price_usage`, exactly, in integer arithmetic.
 
-`price_usage` works in 60-digit Decimal arithmetic, which costs tens of microseconds a call,
-twice per request (the hold and the charge). A `Tariff` turns one `EffectivePrice` into integer
+`price_usage` works in 60-digit Decimal arithmetic, which costs tens of microseconds a call;
+the gateway prices twice per request (the hold and the charge) and the billing fold prices every
+usage event again (design invariant 1). A `Tariff` turns one `EffectivePrice` into integer
 coefficients once, then prices token usage as one exact fraction and rounds it half-up, the same
 single rounding as `tally.money.round_nano`.
 
@@ -9,7 +10,8 @@ The Decimal path can round an intermediate quotient (a credit price such as 3 ma
 inexact), so it equals the exact fraction only up to ~10^-59 relative. Whenever the exact value
 lies close enough to a rounding tie for that to matter, and for anything beyond plain token
 counts (images, per-request prices), the tariff hands over to `price_usage` itself, so the two
-never disagree. The fold re-prices every usage event with `price_usage` and reports mismatches.
+never disagree: the gateway and the fold share this one implementation, and a property test
+(tests/unit/test_tariff.py) checks it against `price_usage`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-from tally.pricebook import EffectivePrice
 from tally.pricing import Charge, TokenUsage, price_usage
+
+if TYPE_CHECKING:  # pricebook caches tariffs, so it imports this module
+    from tally.pricebook import EffectivePrice
 
 # 1 credit = 10^9 nano-credits; prices are USD per 10^6 tokens.
 _NANO_PER_MTOK_USD = 1000
@@ -72,6 +77,7 @@ class Tariff:
         if not self._fast or usage.images:
             return self._slow(usage)
         a, b, c, d, e = self._coefficients
+        # Counts and rates are never negative, so the base is a plain floor division.
         numerator = (
             usage.input_tokens * a
             + usage.cached_input_tokens * b
@@ -79,12 +85,20 @@ class Tariff:
             + usage.output_tokens * d
             + usage.reasoning_tokens * e
         )
-        base, base_tie = _round_half_up(numerator, self._den)
-        factor_num, factor_den = self._factor
-        charged, charge_tie = _round_half_up(numerator * factor_num, self._den * factor_den)
-        if base_tie or charge_tie:
+        den = self._den
+        if numerator < 0:  # unreachable through validated structs; price_usage rounds it
             return self._slow(usage)
-        return Charge(base_nano=base, charge_nano=max(0, charged))
+        base, remainder = divmod(numerator, den)
+        twice = 2 * remainder
+        if abs(twice - den) * _TIE_GUARD < den:
+            return self._slow(usage)
+        if twice >= den:
+            base += 1
+        factor_num, factor_den = self._factor
+        charged, charge_tie = _round_half_up(numerator * factor_num, den * factor_den)
+        if charge_tie:
+            return self._slow(usage)
+        return Charge(base, charged if charged > 0 else 0)
 
     def _slow(self, usage: TokenUsage) -> Charge:
         p = self.price

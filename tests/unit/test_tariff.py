@@ -1,4 +1,4 @@
-"""The gateway's integer pricing equals tally.pricing.price_usage, always."""
+"""The integer pricing the gateway and the fold share equals tally.pricing.price_usage, always."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.tariff import Tariff
 from tally.pricebook import EffectivePrice
 from tally.pricing import ModelPrice, TokenUsage, price_usage
+from tally.tariff import Tariff
 
 rates = st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False, allow_infinity=False)
 counts = st.integers(min_value=0, max_value=10**9)
