@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from billing.grants.service import grant_service
 from tally.config import get_settings
 from tally.events.billing import CreditsGranted
 from tally.live_balance import LiveBalances
+from tests.fixtures.waiting import eventually
 from tests.integration.billing.helpers import (
     ACTOR,
     append,
@@ -38,14 +38,6 @@ from tests.integration.billing.helpers import (
 
 ROOT = Path(__file__).resolve().parents[3]
 CREDIT = 10**9
-
-
-async def _eventually(check: Any, timeout: float = 30.0) -> None:
-    """Liveness, not speed: wait for the condition, fail only if it never holds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_the_worker_folds_new_events_as_they_commit(
@@ -99,14 +91,14 @@ async def test_the_worker_folds_new_events_as_they_commit(
                 rows = await conn.fetch("SELECT balance_nano, folded_events FROM balances")
             return len(rows) == 4 and all(r["folded_events"] == 3 for r in rows)
 
-        await _eventually(folded)
+        await eventually(folded, "every tenant folded")
         for tenant in tenants:
 
             async def told(tenant: uuid.UUID = tenant) -> bool:
                 snap = await live.snapshot(tenant)
                 return snap is not None and snap.balance_nano == 4 * CREDIT
 
-            await _eventually(told)
+            await eventually(told, "the live balance told")
     finally:
         running.cancel()
         try:

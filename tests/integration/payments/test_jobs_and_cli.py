@@ -20,6 +20,7 @@ from tally.config import Settings
 from tally.money import credits_to_nano
 from tally.worker import _shutdown, _startup
 from tests.fakes.stripe_api import FakeStripe, WebhookSender
+from tests.fixtures.waiting import eventually
 from tests.integration.payments.conftest import (
     Tenants,
     admin_of,
@@ -88,19 +89,22 @@ async def test_a_purchase_reaches_the_balance_through_a_real_worker_exactly_once
 async def _balance_once_folded(
     billing: httpx.AsyncClient, settings: Settings, tenant: uuid.UUID, *, credits: int
 ) -> dict[str, Any]:
-    """The tenant's balance from the billing API once the fold has applied `credits` (or fail)."""
+    """The tenant's balance from the billing API once the fold has applied `credits`."""
     body: dict[str, Any] = {}
-    for _ in range(400):
+
+    async def folded() -> bool:
         response = await billing.get(
             f"/v1/tenants/{tenant}/balance", headers=admin_of(settings, tenant)
         )
         assert response.status_code == 200, response.text
-        body = response.json()
-        folded = body["folded_balance_nano"] == body["balance_nano"] and not body["pending_events"]
-        if folded and body["balance_nano"] == credits_to_nano(credits):
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"balance never reached {credits} credits: {body}")
+        body.update(response.json())
+        caught_up = (
+            body["folded_balance_nano"] == body["balance_nano"] and not body["pending_events"]
+        )
+        return caught_up and body["balance_nano"] == credits_to_nano(credits)
+
+    await eventually(folded, f"a folded balance of {credits} credits")
+    return body
 
 
 async def test_the_sweeper_processes_stored_events_whose_job_was_lost(

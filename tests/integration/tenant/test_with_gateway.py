@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import asyncpg
 import openai
@@ -25,6 +24,7 @@ from tests.fixtures.gateway import (
     gateway_settings,
     set_price,
 )
+from tests.fixtures.waiting import eventually
 from tests.integration.tenant.conftest import Api, tenant_settings
 
 
@@ -55,15 +55,6 @@ async def gateway(clean_state: None) -> AsyncIterator[GatewayServer]:
     server = await asyncio.to_thread(GatewayServer, gateway_settings())
     yield server
     await asyncio.to_thread(server.stop)
-
-
-async def _eventually(check: Any, what: str) -> None:
-    """Retry `check` until it holds: the gateway applies invalidations asynchronously."""
-    for _ in range(100):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the gateway never saw {what}")
 
 
 async def test_a_tenant_set_up_through_the_tenant_service_is_served_by_the_gateway(
@@ -111,7 +102,7 @@ async def test_a_tenant_set_up_through_the_tenant_service_is_served_by_the_gatew
             return True
 
         # The catalog reloads on the service's model/credential invalidations.
-        await _eventually(answers, "the new model and credential")
+        await eventually(answers, "the gateway seeing the new model and credential", timeout=5.0)
         sent = upstream.requests[-1]
         assert sent.body["model"] == "gpt-x"  # the route's upstream model, with the sealed key
 
@@ -128,7 +119,7 @@ async def test_a_tenant_set_up_through_the_tenant_service_is_served_by_the_gatew
                 return True
             return False
 
-        await _eventually(refused, "the revocation")
+        await eventually(refused, "the gateway seeing the revocation", timeout=5.0)
 
         # A suspended tenant's other keys stop too.
         second = (
@@ -147,7 +138,7 @@ async def test_a_tenant_set_up_through_the_tenant_service_is_served_by_the_gatew
                 return exc.status_code in (401, 403)
             return False
 
-        await _eventually(suspended, "the suspension")
+        await eventually(suspended, "the gateway seeing the suspension", timeout=5.0)
         await client2.close()
     finally:
         await client.close()
