@@ -155,6 +155,24 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidBillingRequest("cursor is not valid", param="cursor") from None
 
 
+def webhook_body(
+    notification_id: UUID,
+    event_type: str,
+    tenant_id: UUID,
+    data: dict[str, Any],
+    *,
+    now: datetime | None = None,
+) -> str:
+    """The JSON body of every webhook Tally sends a tenant (docs/billing.md)."""
+    body = {
+        "id": str(notification_id),
+        "type": event_type,
+        "created_at": (now or datetime.now(UTC)).isoformat(),
+        "data": {"tenant_id": str(tenant_id), **data},
+    }
+    return msgspec.json.encode(body).decode()
+
+
 # --- crossing detection: runs inside the fold's transaction ------------------------------------
 
 
@@ -181,27 +199,19 @@ async def detect_crossings(
         below = state.balance_nano < alert["threshold_nano"]
         if below and alert["armed"]:
             notification_id = uuid.uuid4()
-            payload = {
-                "id": str(notification_id),
-                "type": "balance.low",
-                "created_at": now.isoformat(),
-                "data": {
-                    "tenant_id": str(tenant_id),
+            payload = webhook_body(
+                notification_id,
+                "balance.low",
+                tenant_id,
+                {
                     "balance_nano": state.balance_nano,
                     "threshold_nano": alert["threshold_nano"],
                     "balance_credits": format_credits(state.balance_nano),
                     "threshold_credits": format_credits(alert["threshold_nano"]),
                 },
-            }
-            fire.append(
-                (
-                    notification_id,
-                    tenant_id,
-                    state.last_position,
-                    alert["url"],
-                    msgspec.json.encode(payload).decode(),
-                )
+                now=now,
             )
+            fire.append((notification_id, tenant_id, state.last_position, alert["url"], payload))
             fired.append(tenant_id)
         elif not below and not alert["armed"]:
             rearm.append(tenant_id)
@@ -226,14 +236,9 @@ async def queue_webhook(
     False when the tenant has no webhook. Delivered like `balance.low` (signed, retried); the
     sweeper picks it up within a minute of the commit. The caller makes it once per occasion.
     """
-    payload = {
-        "id": str(notification_id),
-        "type": kind.replace("_failed", ".failed"),
-        "created_at": datetime.now(UTC).isoformat(),
-        "data": {"tenant_id": str(tenant_id), **data},
-    }
+    payload = webhook_body(notification_id, kind.replace("_failed", ".failed"), tenant_id, data)
     return await repository.insert_tenant_notification(
-        conn, notification_id, tenant_id, kind, msgspec.json.encode(payload).decode()
+        conn, notification_id, tenant_id, kind, payload
     )
 
 
