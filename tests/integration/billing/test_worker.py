@@ -26,6 +26,7 @@ from billing.grants.service import grant_service
 from tally.config import get_settings
 from tally.events.billing import CreditsGranted
 from tally.live_balance import LiveBalances
+from tests.fixtures.arq_worker import running
 from tests.fixtures.waiting import eventually
 from tests.integration.billing.helpers import (
     ACTOR,
@@ -65,8 +66,7 @@ async def test_the_worker_folds_new_events_as_they_commit(
         poll_delay=0.05,
         handle_signals=False,
     )
-    running = asyncio.create_task(worker.main())
-    try:
+    async with running(worker):
         live = LiveBalances(redis_client)
         for tenant in tenants:
             await live.load(tenant, seq=0, balance_nano=0, unfolded={})
@@ -99,13 +99,6 @@ async def test_the_worker_folds_new_events_as_they_commit(
                 return snap is not None and snap.balance_nano == 4 * CREDIT
 
             await eventually(told, "the live balance told")
-    finally:
-        running.cancel()
-        try:
-            await running
-        except (asyncio.CancelledError, Exception):
-            pass
-        await worker.close()
 
 
 async def test_a_worker_killed_mid_batch_leaves_nothing_half_applied(

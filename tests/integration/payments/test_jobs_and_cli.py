@@ -20,6 +20,7 @@ from tally.config import Settings
 from tally.money import credits_to_nano
 from tally.worker import _shutdown, _startup
 from tests.fakes.stripe_api import FakeStripe, WebhookSender
+from tests.fixtures.arq_worker import running
 from tests.fixtures.waiting import eventually
 from tests.integration.payments.conftest import (
     Tenants,
@@ -53,18 +54,12 @@ async def test_a_purchase_reaches_the_balance_through_a_real_worker_exactly_once
         handle_signals=False,
         poll_delay=0.05,
     )
-    running = asyncio.create_task(worker.main())
-    try:
+    async with running(worker):
         balance = await _balance_once_folded(billing, payment_settings, tenant, credits=15)
         # Refund a third: the refund travels the same way and takes back its share.
         charge = fake_stripe.charge_of(created["session_id"])["id"]
         await deliver(billing, sender, fake_stripe.refund(charge, 500))
         balance = await _balance_once_folded(billing, payment_settings, tenant, credits=10)
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        await worker.close()
 
     assert worker.jobs_failed == 0
     assert balance["available_nano"] == balance["balance_nano"]
@@ -160,7 +155,6 @@ async def test_a_failing_event_is_recorded_and_succeeds_on_a_later_sweep(
 
 def run_cli(argv: list[str]) -> tuple[int, Any]:
     """`tally ...` in this process (in a thread, so the fake Stripe keeps serving)."""
-    import contextlib
     import io
 
     out = io.StringIO()
