@@ -98,6 +98,10 @@ async def main(events: int, tenants: int, batch_size: int) -> None:
         client = redis.from_url(fold_bench.REDIS_URL)  # type: ignore[no-untyped-call]
         folder = Folder(pool, shard_count=1, live=LiveBalances(client), batch_size=batch_size)
         await folder.fold_shard(0, max_batches=1)
+        # Every connection the fold may use is open before the backends' CPU is read.
+        held = [await pool.acquire() for _ in range(pool.get_max_size())]
+        for conn in held:
+            await pool.release(conn)
         async with pool.acquire() as conn:
             pids = [
                 r[0]

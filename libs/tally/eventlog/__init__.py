@@ -5,8 +5,10 @@ from tally.eventlog.base import EVENT_TYPES, Event, decode_event, encode_event
 from tally.eventlog.reader import (
     Checkpoint,
     EventNotifier,
+    ReadAhead,
     Shard,
     consume_batch,
+    read_ahead,
     read_events,
 )
 from tally.eventlog.store import NewEvent, StoredEvent, append_events
@@ -18,11 +20,13 @@ __all__ = [
     "EventNotifier",
     "GroupCommitAppender",
     "NewEvent",
+    "ReadAhead",
     "Shard",
     "StoredEvent",
     "append_events",
     "consume_batch",
     "decode_event",
     "encode_event",
+    "read_ahead",
     "read_events",
 ]

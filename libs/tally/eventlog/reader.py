@@ -101,6 +101,43 @@ async def save_checkpoint(conn: Connection, consumer: str, at: Checkpoint) -> No
 Handler = Callable[[Connection, Sequence[StoredEvent]], Awaitable[None]]
 
 
+class ReadAhead(msgspec.Struct, frozen=True):
+    """Events read outside a consumer's transaction: the batch that follows `after`."""
+
+    after: Checkpoint
+    events: list[StoredEvent]
+
+
+# Rows decoded between yields to the event loop: a read-ahead runs beside a consumer's work
+# and must not hold the loop for a whole batch.
+_DECODE_SLICE = 1000
+
+
+async def read_ahead(
+    pool: asyncpg.Pool, after: Checkpoint, *, limit: int = 1000, shard: Shard | None = None
+) -> ReadAhead:
+    """Read the batch after `after` on a connection of its own, for `consume_batch` to use.
+
+    A consumer starts this once it knows where its current batch ends, so the next batch's
+    read and decoding overlap the current batch's work.
+    """
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            _READ,
+            str(after.txid),
+            after.position,
+            limit,
+            shard.count if shard else None,
+            shard.index if shard else None,
+        )
+    events: list[StoredEvent] = []
+    for start in range(0, len(rows), _DECODE_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        events.extend(stored_from_row(row) for row in rows[start : start + _DECODE_SLICE])
+    return ReadAhead(after, events)
+
+
 async def consume_batch(
     pool: asyncpg.Pool,
     consumer: str,
@@ -108,12 +145,14 @@ async def consume_batch(
     *,
     limit: int = 1000,
     shard: Shard | None = None,
+    ahead: ReadAhead | None = None,
 ) -> int:
     """Apply the next batch to `handler` and advance `consumer`'s checkpoint, exactly once.
 
     The handler's writes and the checkpoint commit in one transaction: a crash anywhere before
     the commit leaves neither, so the batch is read again and applied once. An advisory lock
     makes concurrent runs of one consumer take turns instead of applying a batch twice.
+    `ahead` (from `read_ahead`) is used instead of reading when it starts at the checkpoint.
     Returns the number of events applied (0 when caught up).
     """
     async with pool.acquire() as conn, conn.transaction():
@@ -121,7 +160,16 @@ async def consume_batch(
         # back the snapshot horizon the read below relies on.
         await conn.execute(_LOCK_CONSUMER, consumer)
         checkpoint = await load_checkpoint(conn, consumer)
-        events = await read_events(conn, checkpoint, limit=limit, shard=shard)
+        if ahead is not None and ahead.events and ahead.after == checkpoint:
+            # Read before this transaction, but from the same checkpoint and gap-safely: every
+            # event below that read's horizon was final, and anything committed since sorts
+            # after them, so they are exactly what reading now would return first. Read again
+            # when the checkpoint moved (another run of this consumer got there first).
+            events: Sequence[StoredEvent] = (
+                ahead.events if len(ahead.events) <= limit else ahead.events[:limit]
+            )
+        else:
+            events = await read_events(conn, checkpoint, limit=limit, shard=shard)
         if not events:
             return 0
         await handler(conn, events)

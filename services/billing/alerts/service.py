@@ -6,9 +6,9 @@ import base64
 import ipaddress
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -31,9 +31,6 @@ from tally.db import Connection
 from tally.eventlog import StoredEvent
 from tally.log import get_logger
 from tally.money import format_credits
-
-if TYPE_CHECKING:
-    from billing.fold.credits import TenantCredits
 
 log = get_logger(__name__)
 
@@ -176,8 +173,18 @@ def webhook_body(
 # --- crossing detection: runs inside the fold's transaction ------------------------------------
 
 
+class FoldedBalance(Protocol):
+    """A tenant's balance after a fold batch, and the position of its last event."""
+
+    @property
+    def balance_nano(self) -> int: ...
+
+    @property
+    def last_position(self) -> int: ...
+
+
 async def detect_crossings(
-    conn: Connection, states: dict[UUID, TenantCredits], events: Sequence[StoredEvent]
+    conn: Connection, states: Mapping[UUID, FoldedBalance], events: Sequence[StoredEvent]
 ) -> list[UUID]:
     """Create a notification for each tenant whose balance fell below its threshold.
 

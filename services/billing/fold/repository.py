@@ -254,14 +254,18 @@ async def load_lots(
     conn: Connection,
     states: dict[UUID, TenantCredits],
     referenced: Iterable[tuple[UUID, str]],
+    *,
+    open_of: Iterable[UUID] | None = None,
 ) -> None:
-    """Attach each tenant's open lots, and the closed lots named in `referenced`."""
+    """Attach the open lots of `open_of` (default: every tenant in `states`), and the closed
+    lots named in `referenced`."""
     ref_tenants: list[UUID] = []
     ref_lots: list[str] = []
     for tenant_id, lot_id in referenced:
         ref_tenants.append(tenant_id)
         ref_lots.append(lot_id)
-    for row in await conn.fetch(_LOAD_LOTS, list(states), ref_tenants, ref_lots):
+    tenants = list(states if open_of is None else open_of)
+    for row in await conn.fetch(_LOAD_LOTS, tenants, ref_tenants, ref_lots):
         (
             tenant_id,
             lot_id,
@@ -298,64 +302,72 @@ async def prepare(conn: Connection) -> None:
     await conn.execute(_CREATE_STAGES)
 
 
-async def save_states(conn: Connection, states: dict[UUID, TenantCredits]) -> None:
-    """Write back every touched tenant's balance row and its changed lots."""
-    await conn.copy_records_to_table(
-        "fold_stage_balances",
-        records=[
-            (
-                tenant_id,
-                s.balance_nano,
-                s.folded_events,
-                s.last_position,
-                s.totals.granted,
-                s.totals.purchased,
-                s.totals.adjusted,
-                s.totals.refunded,
-                s.totals.expired,
-                s.totals.charged,
-                s.totals.frozen,
-                s.totals.dispute_lost,
-                s.debt_usage_nano,
-                s.debt_other_nano,
-                _encode(s.claims).decode(),
-            )
-            for tenant_id, s in states.items()
-        ],
-        columns=BALANCE_COLUMNS,
-    )
-    lots = [
-        (tenant_id, lot) for tenant_id, s in states.items() for lot in s.lots.values() if lot.dirty
-    ]
-    if lots:
-        await conn.copy_records_to_table(
-            "fold_stage_lots",
-            records=[
-                (
-                    tenant_id,
-                    lot.lot_id,
-                    lot.source,
-                    lot.funding,
-                    lot.reference,
-                    lot.amount_nano,
-                    lot.remaining_nano,
-                    lot.frozen_nano,
-                    lot.expires_at,
-                    lot.opened_position,
-                    lot.opened_at,
-                    lot.expired_position,
-                    lot.expired_nano,
-                )
-                for tenant_id, lot in lots
-            ],
-            columns=LOT_COLUMNS,
+StateRows = tuple[list[tuple[object, ...]], list[tuple[object, ...]]]
+
+
+def state_rows(states: dict[UUID, TenantCredits]) -> StateRows:
+    """Every touched tenant's balance row and its changed lots, as they are now.
+
+    Taken when a batch has been folded: a pipelined fold goes on to change the same states
+    with the next batch while these rows are written. The lots count as written from here.
+    """
+    balances: list[tuple[object, ...]] = [
+        (
+            tenant_id,
+            s.balance_nano,
+            s.folded_events,
+            s.last_position,
+            s.totals.granted,
+            s.totals.purchased,
+            s.totals.adjusted,
+            s.totals.refunded,
+            s.totals.expired,
+            s.totals.charged,
+            s.totals.frozen,
+            s.totals.dispute_lost,
+            s.debt_usage_nano,
+            s.debt_other_nano,
+            _encode(s.claims).decode(),
         )
+        for tenant_id, s in states.items()
+    ]
+    lots: list[tuple[object, ...]] = []
+    for tenant_id, s in states.items():
+        for lot in s.lots.values():
+            if lot.dirty:
+                lot.dirty = False
+                lots.append(
+                    (
+                        tenant_id,
+                        lot.lot_id,
+                        lot.source,
+                        lot.funding,
+                        lot.reference,
+                        lot.amount_nano,
+                        lot.remaining_nano,
+                        lot.frozen_nano,
+                        lot.expires_at,
+                        lot.opened_position,
+                        lot.opened_at,
+                        lot.expired_position,
+                        lot.expired_nano,
+                    )
+                )
+    return balances, lots
+
+
+async def save_states(conn: Connection, rows: StateRows) -> None:
+    """Write back the balance rows and changed lots taken by `state_rows`."""
+    balances, lots = rows
+    await conn.copy_records_to_table(
+        "fold_stage_balances", records=balances, columns=BALANCE_COLUMNS
+    )
+    if lots:
+        await conn.copy_records_to_table("fold_stage_lots", records=lots, columns=LOT_COLUMNS)
     await conn.execute(_SAVE_BALANCES)
     if lots:
         await conn.execute(_SAVE_LOTS)
     await conn.execute(_CLEAR_STAGES)
-    for _, lot in lots:
-        lot.dirty = False
 
 
 async def add_ledger_lines(conn: Connection, rows: list[tuple[object, ...]]) -> None:

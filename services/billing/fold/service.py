@@ -26,7 +26,15 @@ from billing.fold import repository
 from billing.fold.credits import TenantCredits
 from billing.fold.projector import BatchProjection, Projector, referenced_lots
 from tally.db import Connection
-from tally.eventlog import Shard, StoredEvent, consume_batch
+from tally.eventlog import (
+    Checkpoint,
+    ReadAhead,
+    Shard,
+    StoredEvent,
+    consume_batch,
+    read_ahead,
+)
+from tally.eventlog.reader import checkpoint_of
 from tally.live_balance import FoldApplied, LiveBalances, fold_consumer_name
 from tally.log import get_logger
 from tally.pricebook import PriceBookSnapshot
@@ -96,22 +104,112 @@ class PriceBookCache:
         return self._snapshot
 
 
+@dataclass(slots=True, frozen=True)
+class FoldedTenant:
+    """A tenant's balance as a batch left it (what Redis and the alerts learn)."""
+
+    balance_nano: int
+    folded_events: int
+    last_position: int
+
+
 @dataclass(slots=True)
 class FoldedBatch:
+    """A batch folded: its tenants' states afterwards and the rows it writes."""
+
+    # The live states (lots included); the next batch may go on changing them.
     states: dict[UUID, TenantCredits] = field(default_factory=dict)
     projection: BatchProjection = field(default_factory=BatchProjection)
+    # Taken when the batch was folded, so later batches do not show through.
+    tenants: dict[UUID, FoldedTenant] = field(default_factory=dict)
+    state_rows: repository.StateRows = field(default_factory=lambda: ([], []))
 
     def applied(self) -> list[FoldApplied]:
         """What Redis must learn, per tenant touched."""
         return [
             FoldApplied(
                 tenant_id=tenant_id,
-                seq=state.folded_events,
-                balance_nano=state.balance_nano,
+                seq=tenant.folded_events,
+                balance_nano=tenant.balance_nano,
                 folded_request_ids=self.projection.request_ids.get(tenant_id, []),
             )
-            for tenant_id, state in self.states.items()
+            for tenant_id, tenant in self.tenants.items()
         ]
+
+
+# Events projected between yields to the event loop, so a batch's writes (another task) go on
+# while the next batch is projected.
+_PROJECT_SLICE = 1000
+
+
+async def project_events(
+    conn: Connection,
+    events: Sequence[StoredEvent],
+    books: PriceBookCache,
+    *,
+    check_invariants: bool = False,
+    carried: dict[UUID, TenantCredits] | None = None,
+    cooperative: bool = False,
+) -> FoldedBatch:
+    """Fold `events` (log order) into their tenants' states and the batch's rows; no writes.
+
+    States come from Postgres, or from `carried`: the states the previous batch left, when
+    that batch is still being written (a tenant's row read now would be stale). Any other
+    tenant's row is current, since only the previous batch, whose tenants are all carried,
+    has uncommitted writes.
+    """
+    tenant_ids = list(dict.fromkeys(e.tenant_id for e in events if e.tenant_id is not None))
+    if not tenant_ids:
+        return FoldedBatch()
+    if carried:
+        fresh = [t for t in tenant_ids if t not in carried]
+        states = await repository.load_states(conn, fresh) if fresh else {}
+        for tenant_id in tenant_ids:
+            state = carried.get(tenant_id)
+            if state is not None:
+                states[tenant_id] = state
+    else:
+        fresh = tenant_ids
+        states = await repository.load_states(conn, tenant_ids)
+    referenced = []
+    for stored in events:
+        if stored.tenant_id is not None:
+            lot_id = referenced_lots(stored, states[stored.tenant_id])
+            # A carried state holds every lot its tenant had open or touched.
+            if lot_id is not None and lot_id not in states[stored.tenant_id].lots:
+                referenced.append((stored.tenant_id, lot_id))
+    if fresh or referenced:
+        await repository.load_lots(conn, states, referenced, open_of=fresh)
+    has_usage = any(e.type == "UsageRecorded" for e in events)
+    book = await books.current(conn) if has_usage else _EMPTY_BOOK
+    projector = Projector(book, check_invariants=check_invariants)
+    out = BatchProjection()
+    apply = projector.apply
+    for start in range(0, len(events), _PROJECT_SLICE):
+        if cooperative and start:
+            await asyncio.sleep(0)
+        for stored in events[start : start + _PROJECT_SLICE]:
+            owner = stored.tenant_id
+            if owner is not None:
+                apply(stored, owner, states[owner], out)
+    tenants = {
+        tenant_id: FoldedTenant(state.balance_nano, state.folded_events, state.last_position)
+        for tenant_id, state in states.items()
+    }
+    return FoldedBatch(states, out, tenants, repository.state_rows(states))
+
+
+async def write_projection(conn: Connection, folded: FoldedBatch) -> None:
+    """Write a folded batch's rows, in the caller's transaction."""
+    if not folded.states:
+        return
+    await repository.prepare(conn)
+    out = folded.projection
+    await repository.save_states(conn, folded.state_rows)
+    await repository.add_ledger_lines(conn, out.ledger)
+    await repository.add_rollups(conn, out.rollups)
+    await repository.add_consumption(conn, out.consumption)
+    await repository.add_mismatches(conn, out.mismatches)
 
 
 async def fold_events(
@@ -122,32 +220,9 @@ async def fold_events(
     check_invariants: bool = False,
 ) -> FoldedBatch:
     """Apply `events` (log order) to the projections, in the caller's transaction."""
-    tenant_ids = list(dict.fromkeys(e.tenant_id for e in events if e.tenant_id is not None))
-    if not tenant_ids:
-        return FoldedBatch()
-    await repository.prepare(conn)
-    states = await repository.load_states(conn, tenant_ids)
-    referenced = []
-    for stored in events:
-        if stored.tenant_id is not None:
-            lot_id = referenced_lots(stored, states[stored.tenant_id])
-            if lot_id is not None:
-                referenced.append((stored.tenant_id, lot_id))
-    await repository.load_lots(conn, states, referenced)
-    has_usage = any(e.type == "UsageRecorded" for e in events)
-    book = await books.current(conn) if has_usage else _EMPTY_BOOK
-    projector = Projector(book, check_invariants=check_invariants)
-    out = BatchProjection()
-    for stored in events:
-        tenant_id = stored.tenant_id
-        if tenant_id is not None:
-            projector.apply(stored, tenant_id, states[tenant_id], out)
-    await repository.save_states(conn, states)
-    await repository.add_ledger_lines(conn, out.ledger)
-    await repository.add_rollups(conn, out.rollups)
-    await repository.add_consumption(conn, out.consumption)
-    await repository.add_mismatches(conn, out.mismatches)
-    return FoldedBatch(states, out)
+    folded = await project_events(conn, events, books, check_invariants=check_invariants)
+    await write_projection(conn, folded)
+    return folded
 
 
 _EMPTY_BOOK = PriceBookSnapshot(
@@ -210,33 +285,82 @@ class Folder:
         run = ShardRun()
         # What the handler produced, read once consume_batch says the batch committed.
         batch: list[tuple[FoldedBatch, list[UUID]]] = []
+        # The next batch, read and folded on a second connection while this one is written:
+        # Python folds while Postgres writes. Only after a full batch (catching up); a fold
+        # that keeps up reads and folds each batch in its transaction, as it always did.
+        ahead: asyncio.Task[tuple[ReadAhead, FoldedBatch]] | None = None
+        prepared: tuple[ReadAhead, FoldedBatch] | None = None
 
         async def handler(conn: Connection, events: Sequence[StoredEvent]) -> None:
-            folded = await fold_events(conn, events, self._books)
-            created = await alerts.detect_crossings(conn, folded.states, events)
+            nonlocal ahead
+            if prepared is not None and events is prepared[0].events:
+                # consume_batch took the read-ahead: the checkpoint had not moved since, so
+                # the states it was folded from were the committed ones.
+                folded = prepared[1]
+            else:
+                folded = await project_events(conn, events, self._books)
+            if len(events) >= self._batch_size and (
+                max_batches is None or run.batches + 1 < max_batches
+            ):
+                ahead = asyncio.create_task(
+                    self._fold_ahead(checkpoint_of(events[-1]), folded.states, shard)
+                )
+            await write_projection(conn, folded)
+            created = await alerts.detect_crossings(conn, folded.tenants, events)
             if self._fault is not None:
                 self._fault("after_writes")
             batch.append((folded, created))
 
-        while max_batches is None or run.batches < max_batches:
-            if deadline is not None and time.monotonic() >= deadline:
-                return run
-            # No collection until the batch's objects are gone, after Redis was told.
-            async with collector_paused():
-                batch.clear()
-                count = await consume_batch(
-                    self._pool, consumer, handler, limit=self._batch_size, shard=shard
-                )
-                if count == 0:
-                    run.caught_up = True
+        try:
+            while max_batches is None or run.batches < max_batches:
+                if deadline is not None and time.monotonic() >= deadline:
                     return run
-                run.events += count
-                run.batches += 1
-                if self._fault is not None:
-                    self._fault("after_commit")
-                await self._after_commit(*batch[-1])
-                batch.clear()
-        return run
+                # No collection until the batch's objects are gone, after Redis was told.
+                async with collector_paused():
+                    batch.clear()
+                    pending, ahead = ahead, None
+                    prepared = await pending if pending is not None else None
+                    count = await consume_batch(
+                        self._pool,
+                        consumer,
+                        handler,
+                        limit=self._batch_size,
+                        shard=shard,
+                        ahead=prepared[0] if prepared is not None else None,
+                    )
+                    prepared = None
+                    if count == 0:
+                        run.caught_up = True
+                        return run
+                    run.events += count
+                    run.batches += 1
+                    if self._fault is not None:
+                        self._fault("after_commit")
+                    await self._after_commit(*batch[-1])
+                    batch.clear()
+            return run
+        finally:
+            if ahead is not None:
+                # Stopped early (a deadline, an error): the batch folded ahead is dropped.
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _fold_ahead(
+        self, after: Checkpoint, carried: dict[UUID, TenantCredits], shard: Shard | None
+    ) -> tuple[ReadAhead, FoldedBatch]:
+        """Read and fold the batch after `after` while the batch before it is written.
+
+        Runs beside that batch's transaction, which started after every earlier batch had
+        committed: tenants it touched come from `carried`, any other from Postgres.
+        Nothing is written; consume_batch uses the result only if the checkpoint is still
+        `after` when the next transaction takes the consumer's lock.
+        """
+        read = await read_ahead(self._pool, after, limit=self._batch_size, shard=shard)
+        async with self._pool.acquire() as conn:
+            folded = await project_events(
+                conn, read.events, self._books, carried=carried, cooperative=True
+            )
+        return read, folded
 
     async def fold_all(self) -> ShardRun:
         """Every shard until caught up, one after the other (CLI and tests)."""
@@ -272,7 +396,7 @@ class Folder:
     async def _after_commit(self, folded: FoldedBatch, notifications: list[UUID]) -> None:
         # Both are best effort: Redis repairs itself through reconcile, and undelivered
         # notifications are picked up by the sweeper.
-        if self._live is not None and folded.states:
+        if self._live is not None and folded.tenants:
             try:
                 await self._live.apply_folds(folded.applied())
             except Exception as exc:  # Redis down must not stop the fold
