@@ -41,13 +41,14 @@ async def main(args: argparse.Namespace) -> None:
     events = 0
     indexes = [args.index] if args.index is not None else list(range(args.shards))
 
+    # As the worker's job does: one fold_shard call until caught up, so each batch is read
+    # and folded while the one before it is written (--max-events: whole batches only).
+    max_batches = None if args.max_events is None else -(-args.max_events // args.batch_size)
+
     async def fold(index: int) -> None:
         nonlocal events
-        while args.max_events is None or events < args.max_events:
-            run = await folder.fold_shard(index, max_batches=1)
-            events += run.events
-            if run.caught_up:
-                break
+        run = await folder.fold_shard(index, max_batches=max_batches)
+        events += run.events
 
     # All shards at once, as one `tally worker` runs the jobs of every shard concurrently:
     # one shard's Python work overlaps another's wait for Postgres.

@@ -110,7 +110,7 @@ class ReadAhead(msgspec.Struct, frozen=True):
 
 # Rows decoded between yields to the event loop: a read-ahead runs beside a consumer's work
 # and must not hold the loop for a whole batch.
-_DECODE_SLICE = 1000
+_DECODE_SLICE = 500
 
 
 async def read_ahead(

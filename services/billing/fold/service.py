@@ -139,7 +139,7 @@ class FoldedBatch:
 
 # Events projected between yields to the event loop, so a batch's writes (another task) go on
 # while the next batch is projected.
-_PROJECT_SLICE = 1000
+_PROJECT_SLICE = 250
 
 
 async def project_events(
@@ -299,8 +299,10 @@ class Folder:
                 folded = prepared[1]
             else:
                 folded = await project_events(conn, events, self._books)
-            if len(events) >= self._batch_size and (
-                max_batches is None or run.batches + 1 < max_batches
+            if (
+                len(events) >= self._batch_size
+                and (max_batches is None or run.batches + 1 < max_batches)
+                and (deadline is None or time.monotonic() < deadline)
             ):
                 ahead = asyncio.create_task(
                     self._fold_ahead(checkpoint_of(events[-1]), folded.states, shard)
@@ -311,12 +313,14 @@ class Folder:
                 self._fault("after_writes")
             batch.append((folded, created))
 
+        # No collection while batches are in flight: their objects go by reference counting
+        # once Redis was told, and the batch folded ahead is always alive, so a collection
+        # between batches would scan all of it for nothing.
         try:
-            while max_batches is None or run.batches < max_batches:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return run
-                # No collection until the batch's objects are gone, after Redis was told.
-                async with collector_paused():
+            async with collector_paused():
+                while max_batches is None or run.batches < max_batches:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return run
                     batch.clear()
                     pending, ahead = ahead, None
                     prepared = await pending if pending is not None else None
@@ -338,7 +342,7 @@ class Folder:
                         self._fault("after_commit")
                     await self._after_commit(*batch[-1])
                     batch.clear()
-            return run
+                return run
         finally:
             if ahead is not None:
                 # Stopped early (a deadline, an error): the batch folded ahead is dropped.
