@@ -147,6 +147,11 @@ class TenantCredits:
     consumed: Consumed = field(default_factory=list)
     _order: list[Lot] | None = None
 
+    def attach(self, lot: Lot) -> None:
+        """A lot loaded from Postgres (a state carried from the previous batch may get more)."""
+        self.lots[lot.lot_id] = lot
+        self._order = None
+
     # --- credits in -----------------------------------------------------------------------
 
     def grant(

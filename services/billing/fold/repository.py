@@ -281,19 +281,21 @@ async def load_lots(
             expired_position,
             expired,
         ) = row
-        states[tenant_id].lots[lot_id] = Lot(
-            lot_id=lot_id,
-            source=source,
-            funding=funding,
-            reference=reference,
-            amount_nano=amount,
-            remaining_nano=remaining,
-            opened_position=opened_position,
-            opened_at=opened_at,
-            expires_at=expires_at,
-            frozen_nano=frozen,
-            expired_position=expired_position,
-            expired_nano=expired,
+        states[tenant_id].attach(
+            Lot(
+                lot_id=lot_id,
+                source=source,
+                funding=funding,
+                reference=reference,
+                amount_nano=amount,
+                remaining_nano=remaining,
+                opened_position=opened_position,
+                opened_at=opened_at,
+                expires_at=expires_at,
+                frozen_nano=frozen,
+                expired_position=expired_position,
+                expired_nano=expired,
+            )
         )
 
 
