@@ -38,15 +38,15 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     images: dict[str, int] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        counts = (
+        # Runs for every usage event decoded (the fold decodes them all): one min() call.
+        least = min(
             self.input_tokens,
             self.cached_input_tokens,
             self.cache_write_tokens,
             self.output_tokens,
             self.reasoning_tokens,
-            *self.images.values(),
         )
-        if any(c < 0 for c in counts):
+        if least < 0 or (self.images and min(self.images.values()) < 0):
             raise PricingError("usage counts cannot be negative")
 
     @property

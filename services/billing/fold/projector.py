@@ -466,6 +466,17 @@ def _label(endpoint: str) -> str:
 
 
 _prefixes: dict[tuple[str, str], str] = {}
+_grouped_counts: dict[int, str] = {}
+
+
+def _grouped(count: int) -> str:
+    """`f"{count:,}"`, remembered: token counts repeat, and grouping digits is slow."""
+    text = _grouped_counts.get(count)
+    if text is None:
+        text = f"{count:,}"
+        if len(_grouped_counts) < 100_000:
+            _grouped_counts[count] = text
+    return text
 
 
 def describe_usage(event: UsageRecorded) -> str:
@@ -487,7 +498,7 @@ def describe_usage(event: UsageRecorded) -> str:
         parts.append(f"{count:,} image{'s' if count != 1 else ''}")
         text = f"{prefix}: {', '.join(parts)}"
     elif total_in or total_out:
-        text = f"{prefix}: {total_in:,} input + {total_out:,} output tokens"
+        text = f"{prefix}: {_grouped(total_in)} input + {_grouped(total_out)} output tokens"
     else:
         text = prefix
     if event.status == "client_disconnected":
