@@ -10,13 +10,17 @@ import asyncpg
 import pytest
 import redis.asyncio as redis
 
+from billing.fold.replay import replay_verify
 from billing.fold.service import Folder
+from tally.config import get_settings
 from tally.events.billing import (
     BalanceAdjusted,
     CreditsExpired,
+    CreditsFrozen,
     CreditsGranted,
     CreditsPurchased,
     CreditsRefunded,
+    CreditsUnfrozen,
 )
 from tally.live_balance import LiveBalances, live_balance_from_postgres
 from tests.integration.billing.helpers import (
@@ -243,6 +247,75 @@ async def test_two_folders_on_two_shards_never_overlap(pool: asyncpg.Pool) -> No
     assert all(r["folded_events"] == 7 for r in rows)
     assert all(r["balance_nano"] == 100 * CREDIT - 5 * 1_000_000 for r in rows)
     assert lines == 12 * 6
+
+
+async def test_folding_ahead_in_small_batches_writes_what_replay_rebuilds(
+    pool: asyncpg.Pool,
+) -> None:
+    # Batches of 2 over interleaved tenants: each batch is folded from the states the batch
+    # still being written left, lots and disputes carried across batch boundaries.
+    tenants = [await create_tenant(pool) for _ in range(3)]
+    await set_price(pool, "m", "1", "1")
+    soon = datetime.now(UTC) + timedelta(days=1)
+    grants = {t: grant(t, 3, expires_at=soon) for t in tenants}
+    for t in tenants:
+        await append(pool, grants[t])
+        await append(pool, purchase(t, 4, f"cs_{t}"))
+    for round_ in range(3):
+        for t in tenants:
+            await append(
+                pool, await gateway_usage(pool, t, "m", input_tokens=900_000, output_tokens=0)
+            )
+        if round_ == 0:
+            for t in tenants:
+                await append(
+                    pool,
+                    CreditsFrozen(
+                        tenant_id=t, dispute_id=f"dp_{t}", purchase_id=f"cs_{t}", amount_nano=CREDIT
+                    ),
+                )
+        if round_ == 1:
+            for t in tenants:
+                await append(
+                    pool, CreditsUnfrozen(tenant_id=t, dispute_id=f"dp_{t}", outcome="won")
+                )
+                await append(
+                    pool, CreditsExpired(tenant_id=t, grant_id=grants[t].grant_id), f"x:{t}"
+                )
+    for t in tenants:
+        await append(
+            pool,
+            CreditsRefunded(
+                tenant_id=t,
+                refund_id=f"re_{t}",
+                purchase_id=f"cs_{t}",
+                amount_nano=2 * CREDIT,
+                refunded_minor=200,
+                currency="usd",
+            ),
+        )
+        await append(
+            pool,
+            BalanceAdjusted(
+                tenant_id=t, adjustment_id=uuid.uuid4(), amount_nano=CREDIT, reason="r", actor=ACTOR
+            ),
+        )
+        await append(
+            pool, await gateway_usage(pool, t, "m", input_tokens=1_500_000, output_tokens=0)
+        )
+    await wait_until_readable(pool)
+
+    run = await Folder(pool, shard_count=1, batch_size=2).drain()
+
+    assert run.caught_up and run.batches > 10
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT balance_nano, folded_events FROM balances")
+    # 3 granted, 1.8 of them used, 1.2 expired; 4 bought, 1 held and given back, 0.9 used,
+    # 2 refunded; 1 adjusted; the last 1.5 from the adjustment, then the purchase: 0.6 left.
+    assert [r["balance_nano"] for r in rows] == [6 * CREDIT // 10] * 3
+    assert all(r["folded_events"] == 12 for r in rows)
+    report = await replay_verify(get_settings().database_url, batch_size=1000)
+    assert report.ok, report
 
 
 async def test_a_changed_shard_count_is_refused(pool: asyncpg.Pool) -> None:

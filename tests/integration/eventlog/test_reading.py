@@ -20,6 +20,7 @@ from tally.eventlog import (
     StoredEvent,
     append_events,
     consume_batch,
+    read_ahead,
     read_events,
 )
 from tally.eventlog.reader import Handler, checkpoint_of
@@ -167,6 +168,36 @@ async def test_a_consumer_applies_each_event_exactly_once_across_reruns(pool: as
     assert sum(results) <= 45
     assert await pool.fetchval("SELECT count(*) FROM widget_projection") == 45
     assert await consume_batch(pool, "widgets", project) == 0
+
+
+async def test_a_read_ahead_is_used_only_from_the_checkpoint_it_was_read_after(
+    pool: asyncpg.Pool,
+) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await append_events(
+            conn, [NewEvent(WidgetCounted(writer=0, n=i), f"ra-{i}") for i in range(9)]
+        )
+    async with pool.acquire() as conn:
+        await read_until(conn, 9)  # readable: the horizon passed the append
+    seen: list[Sequence[StoredEvent]] = []
+
+    async def record(conn: asyncpg.Connection, batch: Sequence[StoredEvent]) -> None:
+        seen.append(batch)
+
+    first = await read_ahead(pool, Checkpoint(), limit=4)
+    stale = await read_ahead(pool, Checkpoint(), limit=4)
+    assert await consume_batch(pool, "widgets-ahead", record, limit=4, ahead=first) == 4
+    assert seen[0] is first.events  # taken as read: the checkpoint was where it started
+    # The checkpoint moved past `stale`'s start: those events are not applied again.
+    assert await consume_batch(pool, "widgets-ahead", record, limit=4, ahead=stale) == 4
+    async with pool.acquire() as conn:
+        expected = await read_events(conn, checkpoint_of(first.events[-1]), limit=4)
+    assert [e.position for e in seen[1]] == [e.position for e in expected]
+    nxt = await read_ahead(pool, checkpoint_of(seen[1][-1]), limit=4)
+    assert await consume_batch(pool, "widgets-ahead", record, limit=4, ahead=nxt) == 1
+    assert seen[2] is nxt.events
+    positions = [e.position for batch in seen for e in batch]
+    assert positions == sorted(set(positions)) and len(positions) == 9
 
 
 async def test_a_consumer_killed_before_its_checkpoint_resumes_without_double_applying(
