@@ -260,6 +260,9 @@ class Folder:
         self._fault = fault
         self._books = PriceBookCache()
         self._layout_checked = False
+        # Batches folded ahead at once in this process, each a batch more in memory. One is
+        # enough: the process's Python is then busy, whatever the number of shards it folds.
+        self._ahead_slots = 1
 
     async def check_layout(self) -> None:
         """Refuse to fold under a shard count other than the checkpoints were written with."""
@@ -303,7 +306,9 @@ class Folder:
                 len(events) >= self._batch_size
                 and (max_batches is None or run.batches + 1 < max_batches)
                 and (deadline is None or time.monotonic() < deadline)
+                and self._ahead_slots > 0
             ):
+                self._ahead_slots -= 1
                 ahead = asyncio.create_task(
                     self._fold_ahead(checkpoint_of(events[-1]), folded.states, shard)
                 )
@@ -323,7 +328,12 @@ class Folder:
                         return run
                     batch.clear()
                     pending, ahead = ahead, None
-                    prepared = await pending if pending is not None else None
+                    prepared = None
+                    if pending is not None:
+                        try:
+                            prepared = await pending
+                        finally:
+                            self._ahead_slots += 1
                     count = await consume_batch(
                         self._pool,
                         consumer,
@@ -348,6 +358,7 @@ class Folder:
                 # Stopped early (a deadline, an error): the batch folded ahead is dropped.
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+                self._ahead_slots += 1
 
     async def _fold_ahead(
         self, after: Checkpoint, carried: dict[UUID, TenantCredits], shard: Shard | None
