@@ -4,7 +4,7 @@ Wall-clock rates move with whatever else the machine runs; CPU per event moves f
 builds the fold benchmark's log (bench.fold.run), folds it once with one shard in this process
 after a first batch (warm-up), and prints per event folded: the process's CPU, the CPU of its
 Postgres backends (read from /proc, so Postgres must run on this host) and the wall time of each
-phase of a batch.
+phase of a batch (the next batch is read and folded while one is written: those phases overlap).
 
 Rerun: .venv/bin/python -m bench.fold.cpu [--events N] [--batch-size N]
 Uses a throwaway database on TALLY_BENCH_PG_ADMIN_URL and Redis TALLY_BENCH_REDIS_URL, as
@@ -29,6 +29,7 @@ import uvloop
 
 from bench.fold import run as fold_bench
 from billing.fold import repository
+from billing.fold import service as fold_service
 from billing.fold.service import Folder, tune_garbage_collector
 from tally.config import load_settings
 from tally.db import create_pool
@@ -84,6 +85,10 @@ async def main(events: int, tenants: int, batch_size: int) -> None:
     for name in ("load_states", "load_lots", "save_states", "add_ledger_lines", "add_rollups"):
         _timed(repository, name)
     _timed(reader, "read_events")
+    # The batch read and folded ahead (while the one before it is written): its phases overlap
+    # the others, so the wall times below add up to more than the run's.
+    _timed(fold_service, "read_ahead")
+    _timed(fold_service, "project_events")
     _timed(LiveBalances, "apply_folds")
     name = f"tally_bench_foldcpu_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(fold_bench.ADMIN_URL)
@@ -122,7 +127,7 @@ async def main(events: int, tenants: int, batch_size: int) -> None:
         print(f"{n:,} events folded, batches of {batch_size:,}: {n / wall:,.0f} events/s (wall)")
         print(f"  worker CPU   {cpu / n * 1e6:5.1f} µs/event")
         print(f"  Postgres CPU {backend / n * 1e6:5.1f} µs/event (its backends)")
-        print("  wall time per event by phase:")
+        print("  wall time per event by phase (read_ahead, project_events overlap the rest):")
         for phase, seconds in PHASES.most_common():
             print(f"    {phase:18s} {seconds / n * 1e6:5.1f} µs")
         await client.aclose()
