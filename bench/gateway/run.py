@@ -193,6 +193,7 @@ def gateway_command(python: str, processes: int, port: int) -> list[str]:
         "--workers", str(processes), "--host", "127.0.0.1", "--port", str(port),
         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
         "--log-level", "warning", "--timeout-graceful-shutdown", "30", "--no-server-header",
+        "--no-proxy-headers",
     ]  # fmt: skip
 
 
