@@ -1,22 +1,27 @@
 """The gateway service: the OpenAI-compatible `/v1/*` API in front of the providers.
 
-`create_app` returns the `/v1/*` fast path (see `gateway.endpoints`) in front of the Litestar
-app, which serves everything else and runs the lifespan.
+`create_app` returns the Litestar app with the `/v1/*` fast path in front of its own request
+handling (`gateway.endpoints.GatewayApp`).
 """
 
 from __future__ import annotations
 
-from gateway.endpoints import ROUTE_HANDLERS, FastPath
+from gateway.endpoints import ROUTE_HANDLERS, FastPath, GatewayApp
 from gateway.runtime import gateway_runtime
 from tally.config import Settings, get_settings
 from tally.http import create_service_app
 
 
-def create_app(settings: Settings | None = None) -> FastPath:
+def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or get_settings()
     app = create_service_app(
-        "gateway", ROUTE_HANDLERS, settings=settings, lifespan=[gateway_runtime]
+        "gateway",
+        ROUTE_HANDLERS,
+        settings=settings,
+        lifespan=[gateway_runtime],
+        app_class=GatewayApp,
     )
-    fast_path = FastPath(app, settings.max_body_bytes)
-    app.state.fast_path = fast_path
-    return fast_path
+    assert isinstance(app, GatewayApp)
+    app.fast_path = FastPath(settings.max_body_bytes)
+    app.state.fast_path = app.fast_path
+    return app

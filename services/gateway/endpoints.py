@@ -215,30 +215,16 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class FastPath:
-    """The gateway's ASGI app: `/v1/*` served by raw ASGI, everything else (and the lifespan)
-    by the Litestar app it wraps.
+    """The raw ASGI handler of `/v1/*` (see `GatewayApp`)."""
 
-    It sits in front of Litestar, not inside it: Litestar's own `__call__` (scope set-up, a
-    wrapped `send`) is per-request work the fast path has no use for.
-    """
-
-    def __init__(self, app: Litestar, max_body_bytes: int) -> None:
-        self.app = app
+    def __init__(self, max_body_bytes: int) -> None:
         self.max_body = max_body_bytes
         self.gateway: Gateway | None = None  # set by the runtime once started
         self.request_ids = RequestIds()
         # Prometheus children by (route, method, status): labels() validates and locks.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    @property
-    def state(self) -> Any:
-        return self.app.state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gateway = self.gateway
-        if scope["type"] != "http" or gateway is None or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-            return
+    async def __call__(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         # The gateway always makes its own request id: a caller's x-request-id would let two
         # requests share a usage event's idempotency key. The caller's id is only logged.
@@ -288,6 +274,25 @@ class FastPath:
         except asyncio.CancelledError:
             return
         await run_flow(gateway, flow, request_id, headers, body, receive, send, error_encoder(path))
+
+
+class GatewayApp(Litestar):
+    """The gateway's Litestar app, with the `/v1/*` fast path in front of its own handling.
+
+    A `/v1/*` request goes straight to `fast_path`, skipping Litestar's `__call__` and
+    middleware stack (per-request work the fast path has no use for); everything else (health,
+    metrics, OpenAPI, the lifespan), and `/v1/*` while the runtime is not serving or
+    `TALLY_GATEWAY_FAST_PATH=false`, is Litestar's.
+    """
+
+    fast_path: FastPath
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gateway = self.fast_path.gateway
+        if gateway is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.fast_path(gateway, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 # --- Litestar handlers: the OpenAPI document, and the routes when the fast path is off ---------
@@ -412,4 +417,4 @@ ROUTE_HANDLERS = [
     messages,
 ]
 
-__all__ = ["ROUTE_HANDLERS", "V1_ROUTES", "ErrorBody", "FastPath"]
+__all__ = ["ROUTE_HANDLERS", "V1_ROUTES", "ErrorBody", "FastPath", "GatewayApp"]
