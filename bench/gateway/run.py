@@ -3,9 +3,10 @@ event) against the fake OpenAI upstream on loopback, driven by wrk.
 
 For plain and streamed chat completions at 1, 32 and 256 connections it reports requests/s,
 latency p50/p99 through the gateway and straight to the fake (the difference is what the
-gateway adds), and the gateway's CPU time per request (utime + stime from /proc/<pid>/stat
-around each run). Then it drives `--soak` requests and reports the gateway's memory (RSS) after
-warm-up and at the end.
+gateway adds), and the CPU time per request (utime + stime from /proc/<pid>/stat around each
+run) of the gateway and of the worker (`tally worker`) folding the usage events it writes;
+the worker's is read once it has folded the run's tail. Then it drives `--soak` requests and
+reports the gateway's memory (RSS) after warm-up and at the end.
 
 `--processes N` runs N gateway processes on one port instead of one (uvicorn's own
 multi-process mode: the processes share the listening socket and the kernel hands each new
@@ -192,6 +193,7 @@ def gateway_command(python: str, processes: int, port: int) -> list[str]:
         "--workers", str(processes), "--host", "127.0.0.1", "--port", str(port),
         "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
         "--log-level", "warning", "--timeout-graceful-shutdown", "30", "--no-server-header",
+        "--no-proxy-headers",
     ]  # fmt: skip
 
 
@@ -230,12 +232,14 @@ def main(seconds: float, soak: int, connections: list[int], processes: int = 1) 
         env,
     )
     gateway: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
         fake_url = f"http://127.0.0.1:{fake_port}/v1"
         wait_http(fake_url + "/models")
         key = asyncio.run(seed(db_url, fake_url))
         gateway = start(gateway_command(python, processes, gateway_port), env)
+        worker = start([python, "-m", "tally.cli", "worker"], env)
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_http(gateway_url + "/healthz")
         if processes > 1:
@@ -271,10 +275,11 @@ def main(seconds: float, soak: int, connections: list[int], processes: int = 1) 
         # Warm-up: connections, caches, the live balance, JIT-free but allocator-warm.
         warm = wrk(gateway_url + "/v1/chat/completions", scripts["plain", "gateway"], 32, 3)
         completed = warm.requests - warm.errors
+        time.sleep(2)  # the worker folds the warm-up's events
         print(
             f"{'case':<8} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'direct p50':>10} {'direct p99':>10} {'added p50':>9} {'added p99':>9} "
-            f"{'CPU ms/req':>10} {'errors':>6}"
+            f"{'CPU ms/req: gateway':>19} {'worker':>6} {'total':>6} {'errors':>6}"
         )
         for kind in ("plain", "stream"):
             for conns in connections:
@@ -282,17 +287,22 @@ def main(seconds: float, soak: int, connections: list[int], processes: int = 1) 
                     fake_url + "/chat/completions", scripts[kind, "direct"], conns, seconds
                 )
                 before = cpu_seconds(gateway.pid)
+                worker_before = cpu_seconds(worker.pid)
                 through = wrk(
                     gateway_url + "/v1/chat/completions", scripts[kind, "gateway"], conns, seconds
                 )
-                cpu = (cpu_seconds(gateway.pid) - before) / max(through.requests, 1) * 1000
+                per_request = 1000 / max(through.requests, 1)
+                cpu = (cpu_seconds(gateway.pid) - before) * per_request
+                time.sleep(1.5)  # the fold's last pass over this run's events
+                worker_cpu = (cpu_seconds(worker.pid) - worker_before) * per_request
                 completed += through.requests - through.errors
                 print(
                     f"{kind:<8} {conns:>5} {through.rps:>9,.0f} {through.p50_ms:>8.2f} "
                     f"{through.p99_ms:>8.2f} {direct.p50_ms:>10.2f} {direct.p99_ms:>10.2f} "
                     f"{through.p50_ms - direct.p50_ms:>9.2f} "
                     f"{through.p99_ms - direct.p99_ms:>9.2f} "
-                    f"{cpu:>10.3f} {through.errors:>6}",
+                    f"{cpu:>19.3f} {worker_cpu:>6.3f} {cpu + worker_cpu:>6.3f} "
+                    f"{through.errors:>6}",
                     flush=True,
                 )
         if soak:
@@ -321,6 +331,8 @@ def main(seconds: float, soak: int, connections: list[int], processes: int = 1) 
     finally:
         if gateway is not None:
             stop(gateway)
+        if worker is not None:
+            stop(worker)
         stop(fake)
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -76,6 +76,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # as a graceful stop.
     signal.signal(signal.SIGTERM, _drained)
     http: Any = "httptools"
+    # X-Forwarded-For rewriting is for the services that look at the client's address (the
+    # sign-in throttle); the gateway never does, and skips the middleware on every request.
+    proxy_headers = args.service != "gateway"
     if args.service == "gateway":
         # httptools, writing each response's head and body in one system call.
         from gateway.http_server import GatewayHttpProtocol
@@ -93,6 +96,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=30,
         server_header=False,
+        proxy_headers=proxy_headers,
     )
     return 0
 

@@ -261,15 +261,17 @@ def create_service_app(
     lifespan: Sequence[Callable[[Litestar], Any]] = (),
     on_app_init: Sequence[Callable[[AppConfig], AppConfig]] = (),
     database_collectors: Sequence[DatabaseCollector] = (),
+    app_class: type[Litestar] = Litestar,
 ) -> Litestar:
     """A Tally service: health, readiness, metrics, OpenAPI, request ids and the error shape.
 
     `database_collectors` (registered with prometheus_client by their modules) are refreshed
-    from Postgres on each scrape of this service's `/metrics`.
+    from Postgres on each scrape of this service's `/metrics`. `app_class` is Litestar or a
+    subclass of it (the gateway's puts its `/v1/*` fast path in front).
     """
     settings = settings or get_settings()
     configure_logging(settings)
-    return Litestar(
+    return app_class(
         route_handlers=[healthz, readyz, metrics, *route_handlers],
         state=State(
             {

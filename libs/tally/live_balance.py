@@ -9,8 +9,9 @@ Per tenant T (the `{T}` hash tag keeps one tenant's keys in one Redis Cluster sl
     tally:{T}:unfolded  hash   request id -> charged nano-credits not yet folded
 
 Every change is one Lua script, so it is atomic and a retry of the same request id is a no-op.
-Order on the gateway's path: hold, call upstream, settle, append the usage event. Settling
-before the append means a fold can never remove a charge that has not been added yet.
+Order on the gateway's path: hold, call upstream, then settle and append the usage event
+together (see `gateway.metering.Meter.record` for why a fold cannot overtake the settle, and
+what happens if a stalled Redis lets it).
 Lua numbers are doubles: sums are kept exact by HINCRBY on the integer strings; comparisons are
 exact below 2**53 nano-credits (9 million credits) and within a nano beyond.
 """

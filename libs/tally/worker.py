@@ -50,5 +50,12 @@ def worker_settings() -> dict[str, Any]:
 
 
 def run() -> None:
+    import asyncio
+
+    import uvloop
+
     configure_logging(get_settings())
+    # arq builds its loop from the policy: uvloop's costs the fold a third less per wake-up
+    # and socket write than asyncio's selector loop.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     run_worker(worker_settings())

@@ -21,7 +21,7 @@ import asyncpg
 import msgspec
 import prometheus_client
 import structlog
-from litestar import Request, get, post
+from litestar import Litestar, Request, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.types import ASGIApp
@@ -52,7 +52,6 @@ _encode = msgspec.json.encode
 # Raw ASGI, loosely typed: the fast path reads only a few well-known keys.
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
-LitestarSend = Send
 Flow = Callable[[Gateway, str, dict[str, str], bytes, Send, asyncio.Event], Awaitable[None]]
 
 
@@ -89,13 +88,8 @@ def error_encoder(path: str) -> ErrorEncoder:
     return error_body
 
 
-async def send_error(
-    send: Send,
-    exc: TallyError,
-    extra: list[tuple[bytes, bytes]],
-    encode: ErrorEncoder = error_body,
-) -> None:
-    headers = [(b"content-type", b"application/json"), *extra]
+async def send_error(send: Send, exc: TallyError, encode: ErrorEncoder = error_body) -> None:
+    headers = [(b"content-type", b"application/json")]
     if isinstance(exc, GatewayError) and exc.headers:
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
@@ -123,6 +117,25 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
+class ResponseSend:
+    """The ASGI `send` a flow writes to: adds the response's extra headers, remembers the
+    status (for the metrics, and to know whether an error can still be answered)."""
+
+    __slots__ = ("_extra", "_send", "status")
+
+    def __init__(self, send: Send, extra_headers: list[tuple[bytes, bytes]]) -> None:
+        self._send = send
+        self._extra = extra_headers
+        self.status: int | None = None
+
+    def __call__(self, message: dict[str, Any]) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self._extra:
+                message["headers"] = [*message.get("headers", ()), *self._extra]
+        return self._send(message)
+
+
 async def run_flow(
     gw: Gateway,
     flow: Flow,
@@ -130,20 +143,10 @@ async def run_flow(
     headers: dict[str, str],
     body: bytes,
     receive: Receive,
-    send: Send,
-    extra_headers: list[tuple[bytes, bytes]],
+    send: ResponseSend,
     encode_error: ErrorEncoder = error_body,
 ) -> None:
     """Run a flow; map errors to the error shape (unless the response already started)."""
-    started = False
-
-    async def tracked_send(message: dict[str, Any]) -> None:
-        nonlocal started
-        if message["type"] == "http.response.start":
-            started = True
-            message["headers"] = [*message.get("headers", ()), *extra_headers]
-        await send(message)
-
     disconnected = asyncio.Event()
     watcher: asyncio.Task[None] | None = None
     if b'"stream"' in body:
@@ -158,29 +161,27 @@ async def run_flow(
 
         watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await flow(gw, request_id, headers, body, tracked_send, disconnected)
+        await flow(gw, request_id, headers, body, send, disconnected)
     except TallyError as exc:
-        if started:
+        if send.status is not None:
             log.warning("error after the response started", error=exc.message)
         else:
-            await send_error(send, exc, extra_headers, encode_error)
+            await send_error(send, exc, encode_error)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RedisError) as exc:
         # Postgres or Redis out of reach (a cache miss, a price lookup): refuse, never guess.
         log.error("storage unavailable", error=repr(exc))
-        if not started:
+        if send.status is None:
             await send_error(
                 send,
                 Unavailable("The gateway cannot reach its storage right now; try again."),
-                extra_headers,
                 encode_error,
             )
     except Exception:
         log.exception("unhandled error in the gateway")
-        if not started:
+        if send.status is None:
             await send_error(
                 send,
                 _Internal("The gateway failed unexpectedly; nothing was charged."),
-                extra_headers,
                 encode_error,
             )
     finally:
@@ -214,56 +215,50 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 class FastPath:
-    """The raw ASGI handler of `/v1/*`; everything else goes to the Litestar app."""
+    """The raw ASGI handler of `/v1/*` (see `GatewayApp`)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+    def __init__(self, max_body_bytes: int) -> None:
         self.max_body = max_body_bytes
         self.gateway: Gateway | None = None  # set by the runtime once started
         self.request_ids = RequestIds()
         # Prometheus children by (route, method, status): labels() validates and locks.
         self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: LitestarSend) -> None:
-        gateway = self.gateway
-        if scope["type"] != "http" or gateway is None or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)  # type: ignore[arg-type]
-            return
+    async def __call__(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        status = 500
-
-        async def counted_send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        # The gateway always makes its own request id: a caller's x-request-id would let two
+        # requests share a usage event's idempotency key. The caller's id is only logged.
+        request_id = self.request_ids.next()
+        response = ResponseSend(send, [(b"x-request-id", request_id.encode())])
         path = scope["path"]
         try:
-            await self._serve(gateway, scope, receive, counted_send)
+            await self._serve(gateway, scope, receive, response, request_id)
         finally:
             # The same series tally.http's middleware records for Litestar routes.
             route = path if path in V1_ROUTES else "unmatched"
-            series = (route, scope["method"], status)
+            series = (route, scope["method"], response.status or 500)
             children = self._series.get(series)
             if children is None:
                 children = self._series[series] = (
-                    HTTP_REQUESTS.labels("gateway", route, scope["method"], str(status)),
+                    HTTP_REQUESTS.labels("gateway", route, scope["method"], str(series[2])),
                     HTTP_LATENCY.labels("gateway", route),
                 )
             children[0].inc()
             children[1].observe(time.perf_counter() - started)
 
-    async def _serve(self, gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-        # The gateway always makes its own request id: a caller's x-request-id would let two
-        # requests share a usage event's idempotency key. The caller's id is only logged.
-        request_id = self.request_ids.next()
+    async def _serve(
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: ResponseSend,
+        request_id: str,
+    ) -> None:
         headers = _headers(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         if "x-request-id" in headers:
             structlog.contextvars.bind_contextvars(client_request_id=headers["x-request-id"][:128])
-        extra = [(b"x-request-id", request_id.encode())]
         path = scope["path"]
         route = V1_ROUTES.get(path)
         try:
@@ -274,13 +269,30 @@ class FastPath:
                 raise MethodNotAllowed(f"{path} accepts {method} only.")
             body = await read_body(receive, headers, self.max_body) if method == "POST" else b""
         except TallyError as exc:
-            await send_error(send, exc, extra, error_encoder(path))
+            await send_error(send, exc, error_encoder(path))
             return
         except asyncio.CancelledError:
             return
-        await run_flow(
-            gateway, flow, request_id, headers, body, receive, send, extra, error_encoder(path)
-        )
+        await run_flow(gateway, flow, request_id, headers, body, receive, send, error_encoder(path))
+
+
+class GatewayApp(Litestar):
+    """The gateway's Litestar app, with the `/v1/*` fast path in front of its own handling.
+
+    A `/v1/*` request goes straight to `fast_path`, skipping Litestar's `__call__` and
+    middleware stack (per-request work the fast path has no use for); everything else (health,
+    metrics, OpenAPI, the lifespan), and `/v1/*` while the runtime is not serving or
+    `TALLY_GATEWAY_FAST_PATH=false`, is Litestar's.
+    """
+
+    fast_path: FastPath
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        gateway = self.fast_path.gateway
+        if gateway is not None and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.fast_path(gateway, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 # --- Litestar handlers: the OpenAPI document, and the routes when the fast path is off ---------
@@ -301,8 +313,7 @@ def _flow_app(request: Request[Any, Any, Any], flow: Flow, body: bytes) -> ASGIA
             headers,
             body,
             receive,
-            send,
-            [],
+            ResponseSend(send, []),
             error_encoder(request.url.path),
         )
 
@@ -406,4 +417,4 @@ ROUTE_HANDLERS = [
     messages,
 ]
 
-__all__ = ["ROUTE_HANDLERS", "V1_ROUTES", "ErrorBody", "FastPath"]
+__all__ = ["ROUTE_HANDLERS", "V1_ROUTES", "ErrorBody", "FastPath", "GatewayApp"]

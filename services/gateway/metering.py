@@ -363,9 +363,14 @@ class Meter:
     ) -> Charge:
         """Charge the request and make its usage event durable; returns the charge.
 
-        Settle comes before the append, so a fold can never absorb a charge Redis has not
-        counted yet. If the event cannot be committed the settle is undone and the caller gets
-        503: a response never completes without its usage in the log.
+        The settle and the append go out together (one round trip less on every request).
+        A fold can tell Redis about the event only after it committed (a WAL flush) and was
+        read, folded and committed again: milliseconds after the settle reached Redis.
+        Should Redis still take the fold's update first (Redis stalled for that long), the
+        charge counts twice in the live balance until reconcile drops the extra as stale:
+        admission errs on the safe side, never the other. If the event cannot be committed,
+        the settle is undone and the caller gets 503: a response never completes without its
+        usage in the log.
         """
         if call.finished:
             raise RuntimeError("a request is metered once")
@@ -379,7 +384,7 @@ class Meter:
             await self._settle(call, 0, 0)
             raise InvalidRequest(f"This request cannot be priced: {exc}.") from None
         tokens = usage.total_input_tokens + usage.total_output_tokens
-        await self._settle(call, charge.charge_nano, tokens)
+        settling = asyncio.ensure_future(self._settle(call, charge.charge_nano, tokens))
         route = call.attempt.route
         event = UsageRecorded(
             request_id=call.request_id,
@@ -407,10 +412,14 @@ class Meter:
         except Exception as exc:
             log.error("usage event not durable", request_id=call.request_id, error=repr(exc))
             self.health.failed()
+            await settling
             await self._unsettle(call)
             raise Unavailable(
                 "The request could not be recorded, so its result is withheld; try again."
             ) from None
+        finally:
+            if not settling.done():
+                await asyncio.shield(settling)
         metrics.usage(call.model.name, usage, charge.charge_nano)
         return charge
 

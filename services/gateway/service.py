@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
-import aiohttp
 import msgspec
 
 from gateway import schemas
@@ -28,6 +27,7 @@ from gateway.errors import (
     PermissionDenied,
     UpstreamFailed,
 )
+from gateway.http_client import Response
 from gateway.metering import Call, Meter, UsageStatus, estimate_tokens, new_call, utcnow
 from gateway.prices import PriceCache
 from gateway.providers.base import MODEL_MAX_OUTPUT_KEY, UnsupportedFeature, UpstreamError
@@ -201,11 +201,11 @@ class Gateway:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _read(self, call: Call, response: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, call: Call, response: Response) -> bytes:
         started = time.perf_counter()
         try:
             return await response.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise UpstreamFailed(
                 f"The provider's answer was cut off ({type(exc).__name__})."
             ) from None
@@ -576,11 +576,11 @@ class Gateway:
                     if remaining <= 0:
                         break
                     try:
-                        data = await asyncio.wait_for(response.content.readany(), remaining)
+                        data = await asyncio.wait_for(response.readany(), remaining)
                     except TimeoutError:
                         break
                 else:
-                    data = await response.content.readany()
+                    data = await response.readany()
                 chunks = translator.feed(data) if data else translator.finish()
                 out: list[bytes] = []
                 for chunk in chunks:
@@ -618,7 +618,7 @@ class Gateway:
                     break
                 if not data:
                     break
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:
             failure = UpstreamError(
                 502, f"The provider's stream broke off ({type(exc).__name__}).", code="stream_error"
             )

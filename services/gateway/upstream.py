@@ -1,4 +1,5 @@
-"""Calling providers: one pooled aiohttp session per process, failover and shared cooldowns.
+"""Calling providers: one pooled HTTP client per process (`gateway.http_client`), failover
+and shared cooldowns.
 
 A route that fails with a connect error, a timeout, 429 or 5xx is put in cooldown (its
 Retry-After, or `gateway_cooldown_s`) and the request moves to the next route. Cooldowns are
@@ -14,14 +15,13 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
-import aiohttp
 import msgspec
 import redis.asyncio as redis
-from yarl import URL
 
 from gateway import metrics, repository
 from gateway.catalog import CatalogCache, ModelEntry, Route, order_routes
 from gateway.errors import UpstreamFailed
+from gateway.http_client import HttpClient, Response
 from gateway.providers.base import UnsupportedFeature, UpstreamError, UpstreamRequest
 from tally.invalidation import publish_invalidation
 from tally.log import get_logger
@@ -116,47 +116,34 @@ class Upstream:
         self._redis = redis_client
         self._pool = pool
         self.max_attempts = max_attempts
-        self.timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=connect_timeout_s,
-            connect=connect_timeout_s,
-            sock_read=read_timeout_s,
-        )
-        self.session: aiohttp.ClientSession | None = None
+        self._connect_timeout = connect_timeout_s
+        self._read_timeout = read_timeout_s
+        self.http: HttpClient | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._urls: dict[str, URL] = {}
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self.timeout,
-            # Providers' cookies mean nothing here, and a real jar costs time on every response.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
+        self.http = HttpClient(
+            connect_timeout_s=self._connect_timeout, read_timeout_s=self._read_timeout
         )
 
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self.session is not None:
-            await self.session.close()
+        if self.http is not None:
+            await self.http.close()
 
     async def send(
         self,
         model: ModelEntry,
         build: Callable[[Route], UpstreamRequest],
         attempt: Attempt,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """The first successful (status < 400) upstream response, trying routes in order.
 
         The caller reads and releases the response. Raises UpstreamFailed when every route
         failed, or the provider's own 4xx (the request's fault) without trying others.
         """
-        assert self.session is not None
+        assert self.http is not None
         routes = order_routes(
             [r for r in model.routes if r.credential.id not in self.catalog.refused],
             self.cooldowns.cooling(),
@@ -190,13 +177,10 @@ class Upstream:
                 metrics.failover(failed_kind)
             started = time.perf_counter()
             try:
-                response = await self.session.request(
-                    request.method,
-                    self._url(request.url),
-                    headers=request.headers,
-                    data=request.body,
+                response = await self.http.request(
+                    request.method, request.url, request.headers, request.body
                 )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 elapsed = time.perf_counter() - started
                 attempt.upstream_s += elapsed
                 metrics.upstream_attempt(kind, elapsed)
@@ -220,7 +204,7 @@ class Upstream:
                 return response
             try:
                 body = await response.read()
-            except (aiohttp.ClientError, TimeoutError, OSError):
+            except (TimeoutError, OSError):
                 body = b""
             finally:
                 response.release()
@@ -262,15 +246,6 @@ class Upstream:
             status=status,
             code="upstream_rate_limited" if status == 429 else "upstream_error",
         )
-
-    def _url(self, url: str) -> URL:
-        """The parsed URL: a route's few URLs are parsed once, not on every request."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 1024:
-                self._urls.clear()
-            parsed = self._urls[url] = URL(url)
-        return parsed
 
     def _refuse_credential(self, route: Route, error: UpstreamError) -> None:
         """Stop using a credential the provider refused, here at once and everywhere soon."""

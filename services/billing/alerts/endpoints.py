@@ -7,7 +7,8 @@ from uuid import UUID
 
 from litestar import delete, get, put
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, Parameter
 
 from billing.accounts.service import require_tenant
 from billing.alerts.schemas import LowBalanceAlertIn, LowBalanceAlertOut, NotificationPage
@@ -20,7 +21,10 @@ _PATH = "/v1/tenants/{tenant_id:uuid}/alerts/low-balance"
 
 @put(_PATH, tags=["alerts"])
 async def put_low_balance_alert(
-    tenant_id: UUID, data: LowBalanceAlertIn, principal: Principal, state: State
+    tenant_id: FromPath[UUID],
+    data: JSONBody[LowBalanceAlertIn],
+    principal: NamedDependency[Principal],
+    state: State,
 ) -> LowBalanceAlertOut:
     """Set the threshold and webhook URL (tenant admins); the first answer carries the secret."""
     principal.require_tenant(tenant_id, "admin")
@@ -31,7 +35,7 @@ async def put_low_balance_alert(
 
 @get(_PATH, tags=["alerts"])
 async def get_low_balance_alert(
-    tenant_id: UUID, principal: Principal, state: State
+    tenant_id: FromPath[UUID], principal: NamedDependency[Principal], state: State
 ) -> LowBalanceAlertOut:
     principal.require_tenant(tenant_id)
     async with connection(state) as conn:
@@ -40,7 +44,9 @@ async def get_low_balance_alert(
 
 
 @delete(_PATH, tags=["alerts"])
-async def delete_low_balance_alert(tenant_id: UUID, principal: Principal, state: State) -> None:
+async def delete_low_balance_alert(
+    tenant_id: FromPath[UUID], principal: NamedDependency[Principal], state: State
+) -> None:
     principal.require_tenant(tenant_id, "admin")
     async with connection(state) as conn:
         await require_tenant(conn, tenant_id)
@@ -49,8 +55,8 @@ async def delete_low_balance_alert(tenant_id: UUID, principal: Principal, state:
 
 @get("/v1/tenants/{tenant_id:uuid}/notifications", tags=["alerts"])
 async def get_notifications(
-    tenant_id: UUID,
-    principal: Principal,
+    tenant_id: FromPath[UUID],
+    principal: NamedDependency[Principal],
     state: State,
     cursor: Annotated[str | None, Parameter(max_length=300)] = None,
     limit: Annotated[int, Parameter(ge=1, le=200)] = 50,

@@ -6,6 +6,8 @@ from uuid import UUID
 
 from litestar import get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from billing.accounts.service import require_tenant
 from billing.balances.schemas import BalanceOut
@@ -15,7 +17,9 @@ from tally.auth import Principal
 
 
 @get("/v1/tenants/{tenant_id:uuid}/balance", tags=["balances"])
-async def get_balance(tenant_id: UUID, principal: Principal, state: State) -> BalanceOut:
+async def get_balance(
+    tenant_id: FromPath[UUID], principal: NamedDependency[Principal], state: State
+) -> BalanceOut:
     """Balance, open holds and what is available to spend now."""
     principal.require_tenant(tenant_id)
     async with connection(state) as conn:

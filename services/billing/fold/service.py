@@ -278,9 +278,21 @@ class Folder:
         self._layout_checked = True
 
     async def fold_shard(
-        self, index: int, *, max_batches: int | None = None, deadline: float | None = None
+        self,
+        index: int,
+        *,
+        max_batches: int | None = None,
+        deadline: float | None = None,
+        chase_tail: bool = True,
     ) -> ShardRun:
-        """Fold shard `index` until caught up (or `max_batches` / the monotonic `deadline`)."""
+        """Fold shard `index` until caught up (or `max_batches` / the monotonic `deadline`).
+
+        With `chase_tail=False` the run ends at the first batch smaller than the batch size:
+        it reached the log's tail once. Under steady traffic, chasing the tail folds the few
+        events that committed during the previous batch, again and again, each batch paying
+        its transaction, checkpoint and Redis round trips for a handful of events; the live
+        job leaves them to its next pass, which folds them together.
+        """
         await self.check_layout()
         consumer = fold_consumer_name(index, self.shard_count)
         # One shard is the whole log: no per-row hash filter.
@@ -352,6 +364,9 @@ class Folder:
                         self._fault("after_commit")
                     await self._after_commit(*batch[-1])
                     batch.clear()
+                    if not chase_tail and count < self._batch_size:
+                        run.caught_up = True
+                        return run
                 return run
         finally:
             if ahead is not None:

@@ -35,11 +35,13 @@ def fold_job_id(index: int, count: int) -> str:
 
 
 async def fold_shard_job(ctx: dict[str, Any], index: int, count: int) -> int:
-    """Fold one shard until caught up (or the time budget is spent)."""
+    """Fold one shard up to the log's tail (or until the time budget is spent)."""
     folder: Folder = ctx["billing_folder"]
     if count != folder.shard_count:
         return 0  # queued under another shard layout
-    run = await folder.fold_shard(index, deadline=time.monotonic() + JOB_BUDGET_SECONDS)
+    run = await folder.fold_shard(
+        index, deadline=time.monotonic() + JOB_BUDGET_SECONDS, chase_tail=False
+    )
     if run.events:
         log.info("folded", shard=index, events=run.events, batches=run.batches)
     return run.events

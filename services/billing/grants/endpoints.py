@@ -6,6 +6,8 @@ from uuid import UUID
 
 from litestar import post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from billing.accounts.service import require_tenant
 from billing.grants.schemas import AdjustmentIn, AdjustmentOut, GrantIn, GrantOut
@@ -18,7 +20,10 @@ _OPERATOR = [require_platform_role("operator")]
 
 @post("/v1/admin/tenants/{tenant_id:uuid}/grants", guards=_OPERATOR, tags=["admin"])
 async def post_grant(
-    tenant_id: UUID, data: GrantIn, principal: Principal, state: State
+    tenant_id: FromPath[UUID],
+    data: JSONBody[GrantIn],
+    principal: NamedDependency[Principal],
+    state: State,
 ) -> GrantOut:
     """Grant promotional or manual credits, optionally expiring."""
     async with connection(state) as conn:
@@ -28,7 +33,10 @@ async def post_grant(
 
 @post("/v1/admin/tenants/{tenant_id:uuid}/adjustments", guards=_OPERATOR, tags=["admin"])
 async def post_adjustment(
-    tenant_id: UUID, data: AdjustmentIn, principal: Principal, state: State
+    tenant_id: FromPath[UUID],
+    data: JSONBody[AdjustmentIn],
+    principal: NamedDependency[Principal],
+    state: State,
 ) -> AdjustmentOut:
     """Correct a balance up or down; a reason is required."""
     async with connection(state) as conn:

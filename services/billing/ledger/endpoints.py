@@ -7,7 +7,8 @@ from uuid import UUID
 
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
 
 from billing.accounts.service import require_tenant
 from billing.http_context import connection, parse_moment
@@ -18,8 +19,8 @@ from tally.auth import Principal
 
 @get("/v1/tenants/{tenant_id:uuid}/ledger", tags=["ledger"])
 async def get_ledger(
-    tenant_id: UUID,
-    principal: Principal,
+    tenant_id: FromPath[UUID],
+    principal: NamedDependency[Principal],
     state: State,
     cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from litestar import get, post, put
 from litestar.datastructures import State
-from litestar.params import QueryParameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 
 from billing.http_context import actor_of, connection, parse_moment
 from billing.prices.schemas import (
@@ -35,7 +36,9 @@ async def get_price_book(
 
 
 @post("/v1/admin/prices", guards=_WRITE, tags=["prices"])
-async def post_price(data: PriceIn, principal: Principal, state: State) -> PriceChangeOut:
+async def post_price(
+    data: JSONBody[PriceIn], principal: NamedDependency[Principal], state: State
+) -> PriceChangeOut:
     """Set a model's base prices and margin (refused below cost unless `force`)."""
     async with connection(state) as conn:
         return await price_service.set_price(conn, state.redis, data, actor_of(principal))
@@ -43,7 +46,7 @@ async def post_price(data: PriceIn, principal: Principal, state: State) -> Price
 
 @put("/v1/admin/prices/default-margin", guards=_WRITE, tags=["prices"])
 async def put_default_margin(
-    data: DefaultMarginIn, principal: Principal, state: State
+    data: JSONBody[DefaultMarginIn], principal: NamedDependency[Principal], state: State
 ) -> PriceChangeOut:
     async with connection(state) as conn:
         return await price_service.set_default_margin(
@@ -53,7 +56,7 @@ async def put_default_margin(
 
 @put("/v1/admin/prices/credit-price", guards=_WRITE, tags=["prices"])
 async def put_credit_price(
-    data: CreditPriceIn, principal: Principal, state: State
+    data: JSONBody[CreditPriceIn], principal: NamedDependency[Principal], state: State
 ) -> PriceChangeOut:
     async with connection(state) as conn:
         return await price_service.set_credit_price(
@@ -62,7 +65,9 @@ async def put_credit_price(
 
 
 @post("/v1/admin/prices/import", guards=_WRITE, tags=["prices"])
-async def post_price_import(data: CatalogImportIn, principal: Principal, state: State) -> ImportOut:
+async def post_price_import(
+    data: JSONBody[CatalogImportIn], principal: NamedDependency[Principal], state: State
+) -> ImportOut:
     """Import a catalog (all or nothing; unchanged models are skipped)."""
     async with connection(state) as conn:
         return await price_service.import_catalog(

@@ -7,7 +7,8 @@ from uuid import UUID
 
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import FromQuery, QueryParameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from billing.accounts.service import require_tenant
 from billing.http_context import connection, is_platform, parse_moment
@@ -18,8 +19,8 @@ from tally.auth import Principal, require_platform_role
 
 @get("/v1/tenants/{tenant_id:uuid}/usage", tags=["usage"])
 async def get_usage(
-    tenant_id: UUID,
-    principal: Principal,
+    tenant_id: FromPath[UUID],
+    principal: NamedDependency[Principal],
     state: State,
     since: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
     until: Annotated[str | None, QueryParameter(name="to", max_length=64)] = None,

@@ -102,8 +102,8 @@ def _endpoint(cred: Credential) -> str:
 
 
 def _model_url(cred: Credential, model_id: str, operation: str) -> str:
-    # Model ids hold ':' and ARNs '/'. The URL is normalised the way aiohttp (yarl) will send
-    # it before signing, so the path AWS canonicalises is the path that was signed.
+    # Model ids hold ':' and ARNs '/'. The URL is normalised by yarl, as gateway.http_client
+    # sends it, before signing: the path AWS canonicalises is the path that was signed.
     url = f"{_endpoint(cred)}/model/{quote(model_id, safe='')}/{operation}"
     return str(yarl.URL(url))
 

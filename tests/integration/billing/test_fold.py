@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from tally.events.billing import (
     CreditsPurchased,
     CreditsRefunded,
     CreditsUnfrozen,
+    UsageRecorded,
 )
 from tally.live_balance import LiveBalances, live_balance_from_postgres
 from tests.integration.billing.helpers import (
@@ -316,6 +318,59 @@ async def test_folding_ahead_in_small_batches_writes_what_replay_rebuilds(
     assert all(r["folded_events"] == 12 for r in rows)
     report = await replay_verify(get_settings().database_url, batch_size=1000)
     assert report.ok, report
+
+
+async def _append_from_another_connection(database_url: str, events: list[UsageRecorded]) -> None:
+    other = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        for event in events:
+            await append(other, event)
+        await wait_until_readable(other)  # a fold reading now would see them
+    finally:
+        await other.close()
+
+
+async def test_the_live_job_leaves_events_committed_during_its_pass_to_the_next_pass(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    tenant = await create_tenant(pool)
+    await set_price(pool, "m", "1", "1")
+    await append(pool, grant(tenant, 100))
+    late = [
+        await gateway_usage(pool, tenant, "m", input_tokens=1000, output_tokens=0) for _ in range(2)
+    ]
+    await wait_until_readable(pool)
+    appended = False
+
+    def commit_meanwhile(point: str) -> None:
+        # Another gateway commits while the pass runs (its own connection, in a thread: the
+        # hook is called synchronously, in the middle of the fold).
+        nonlocal appended
+        if point == "after_commit" and not appended:
+            appended = True
+            thread = threading.Thread(
+                target=lambda: asyncio.run(_append_from_another_connection(database_url, late))
+            )
+            thread.start()
+            thread.join()
+
+    folder = Folder(pool, shard_count=1, batch_size=100, fault=commit_meanwhile)
+    first = await folder.fold_shard(0, chase_tail=False)
+    assert appended
+    assert (first.batches, first.caught_up) == (1, True)
+    async with pool.acquire() as conn:
+        folded = await conn.fetchval(
+            "SELECT folded_events FROM balances WHERE tenant_id = $1", tenant
+        )
+    assert folded == 2  # TenantCreated and the grant; the late usage waits for the next pass
+
+    await wait_until_readable(pool)
+    second = await folder.fold_shard(0, chase_tail=False)
+    assert (second.events, second.batches) == (2, 1)
+    async with pool.acquire() as conn:
+        balance = await conn.fetchrow("SELECT * FROM balances WHERE tenant_id = $1", tenant)
+    assert balance["folded_events"] == 4
+    assert balance["balance_nano"] == 100 * CREDIT - sum(e.charge_nano for e in late)
 
 
 async def test_a_changed_shard_count_is_refused(pool: asyncpg.Pool) -> None:
