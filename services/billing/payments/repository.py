@@ -232,7 +232,13 @@ async def get_customer(conn: Connection, tenant_id: UUID) -> CustomerRow | None:
 
 
 async def store_customer_id(conn: Connection, tenant_id: UUID, customer_id: str) -> CustomerRow:
-    row = _row(await conn.fetchrow(STORE_CUSTOMER_ID, tenant_id, customer_id), CustomerRow)
+    try:
+        row = _row(await conn.fetchrow(STORE_CUSTOMER_ID, tenant_id, customer_id), CustomerRow)
+    except asyncpg.UniqueViolationError:
+        # Two first purchases inserting the same customer at once: ON CONFLICT (tenant_id)
+        # arbitrates only on tenant_id, so the loser trips customer_id's own unique index
+        # once the winner commits. The winner's row is the answer.
+        row = await get_customer(conn, tenant_id)
     assert row is not None
     return row
 

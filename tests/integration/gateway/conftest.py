@@ -43,7 +43,10 @@ def fakes(fake_loop: LoopThread) -> Iterator[dict[str, FakeOpenAIUpstream]]:
 
 @pytest.fixture(scope="session")
 def gateway_server(tally_environment: None, database_url: str) -> Iterator[GatewayServer]:
-    server = GatewayServer(gateway_settings())
+    # The gateway, the fake providers and the test's clients share this process's GIL: when
+    # a test fires hundreds of requests at once, a provider connect's wall time is the event
+    # loop's backlog (3-5 s for the 500-request test on a busy machine), not the network.
+    server = GatewayServer(gateway_settings(gateway_connect_timeout_s=60.0))
     yield server
     server.stop()
 
