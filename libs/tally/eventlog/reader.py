@@ -74,7 +74,13 @@ async def read_events(
     shard: Shard | None = None,
 ) -> list[StoredEvent]:
     """The next committed events after `after`, oldest first, never skipping a late commit."""
-    rows = await conn.fetch(
+    return [stored_from_row(row) for row in await _read_rows(conn, after, limit, shard)]
+
+
+async def _read_rows(
+    conn: Connection, after: Checkpoint, limit: int, shard: Shard | None
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
         _READ,
         str(after.txid),
         after.position,
@@ -82,7 +88,6 @@ async def read_events(
         shard.count if shard else None,
         shard.index if shard else None,
     )
-    return [stored_from_row(row) for row in rows]
 
 
 def checkpoint_of(event: StoredEvent) -> Checkpoint:
@@ -122,14 +127,7 @@ async def read_ahead(
     read and decoding overlap the current batch's work.
     """
     async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            _READ,
-            str(after.txid),
-            after.position,
-            limit,
-            shard.count if shard else None,
-            shard.index if shard else None,
-        )
+        rows = await _read_rows(conn, after, limit, shard)
     events: list[StoredEvent] = []
     for start in range(0, len(rows), _DECODE_SLICE):
         if start:
