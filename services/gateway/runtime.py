@@ -152,7 +152,6 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
         read_timeout_s=settings.gateway_read_timeout_s,
         max_attempts=settings.gateway_max_attempts,
     )
-    await upstream.open()
     gateway = Gateway(
         keys=keys,
         catalog=catalog,

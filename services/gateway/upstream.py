@@ -116,21 +116,14 @@ class Upstream:
         self._redis = redis_client
         self._pool = pool
         self.max_attempts = max_attempts
-        self._connect_timeout = connect_timeout_s
-        self._read_timeout = read_timeout_s
-        self.http: HttpClient | None = None
+        # Connections are opened on first use, on the loop of the request that needs them.
+        self.http = HttpClient(connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        self.http = HttpClient(
-            connect_timeout_s=self._connect_timeout, read_timeout_s=self._read_timeout
-        )
 
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self.http is not None:
-            await self.http.close()
+        await self.http.close()
 
     async def send(
         self,
@@ -143,7 +136,6 @@ class Upstream:
         The caller reads and releases the response. Raises UpstreamFailed when every route
         failed, or the provider's own 4xx (the request's fault) without trying others.
         """
-        assert self.http is not None
         routes = order_routes(
             [r for r in model.routes if r.credential.id not in self.catalog.refused],
             self.cooldowns.cooling(),
