@@ -27,10 +27,9 @@ from uuid import UUID
 
 import msgspec
 import redis.asyncio as redis
-from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from gateway.metrics import REDIS_BATCH_SIZE
+from gateway.resp import RedisAddress, RedisPipe, pack_command
 
 WINDOW_MS = 60_000
 SPEND_COUNTER_TTL_S = 40 * 86_400
@@ -363,109 +362,57 @@ def pack_args(values: Sequence[str | int]) -> bytes:
     return b"".join(parts)
 
 
+class ScriptCall:
+    """A script call on its way: its command went out (or goes out at the end of this loop
+    iteration); `ScriptBatcher.result` waits for the reply."""
+
+    __slots__ = ("command", "future", "script")
+
+    def __init__(self, script: Script, command: bytes, future: asyncio.Future[Any]) -> None:
+        self.script = script
+        self.command = command
+        self.future = future
+
+
 class ScriptBatcher:
-    """Runs script calls of concurrent requests in shared round trips on one connection.
+    """Script calls of concurrent requests, pipelined on one Redis connection (`RedisPipe`).
 
-    Each caller awaits its own result. A batch is sent as soon as the previous one returned, so
-    a lone request pays one plain round trip and a busy process pays a fraction of one.
-
-    Batches never overlap, so one dedicated connection carries them all. The commands are packed
-    here and written and read straight on that connection: redis-py's per-command path (pool
-    checkout with a probing read, retry wrapper, argument encoding, response callbacks) cost more
-    CPU than the round trip itself.
+    Calls issued while others are in flight go out together in one write at the end of the
+    loop iteration, so a lone request pays one plain round trip and a busy process a fraction
+    of one. `start` issues a call without waiting for it (the settle runs beside the usage
+    append without a task of its own); `result` waits for its reply.
     """
 
-    def __init__(self, client: redis.Redis, *, max_batch: int = 512) -> None:
-        self._redis = client
-        self._conn: AbstractConnection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        self._max_batch = max_batch
-        self._queue: list[tuple[Script, bytes, asyncio.Future[Any]]] = []
-        self._running = False
+    def __init__(self, client: redis.Redis, *, reply_timeout: float = 5.0) -> None:
+        self._pipe = RedisPipe(RedisAddress(client), reply_timeout=reply_timeout)
+
+    def start(
+        self,
+        script: Script,
+        keys: Sequence[str] | PackedKeys,
+        args: Sequence[str | int],
+        *,
+        cork: bool = False,
+    ) -> ScriptCall:
+        packed_keys = keys if isinstance(keys, PackedKeys) else PackedKeys(keys)
+        command = script.command(packed_keys, args)
+        return ScriptCall(script, command, self._pipe.request(command, cork=cork))
+
+    async def result(self, call: ScriptCall) -> Any:
+        """The reply of a started call; a script Redis forgot is loaded and run again."""
+        try:
+            return await call.future
+        except NoScriptError:
+            await self._pipe.request(pack_command(b"SCRIPT", b"LOAD", call.script.source))
+            return await self._pipe.request(call.command)
 
     async def call(
         self, script: Script, keys: Sequence[str] | PackedKeys, args: Sequence[str | int]
     ) -> Any:
-        packed_keys = keys if isinstance(keys, PackedKeys) else PackedKeys(keys)
-        command = script.command(packed_keys, args)
-        if not self._running:
-            # Nothing in flight: send this one now, no queue and no task. Calls arriving
-            # meanwhile queue up and go out together once it returns.
-            self._running = True
-            try:
-                result = (await self._round_trip([(script, command)]))[0]
-            finally:
-                if self._queue:
-                    asyncio.get_running_loop().create_task(self._drain())
-                else:
-                    self._running = False
-            if isinstance(result, Exception):
-                raise result
-            return result
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, command, future))
-        return await future
+        return await self.result(self.start(script, keys, args))
 
     async def close(self) -> None:
-        await self._conn.disconnect()
-
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._send(batch)
-        finally:
-            self._running = False
-
-    async def _send(self, batch: list[tuple[Script, bytes, asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self._round_trip([(script, command) for script, command, _ in batch])
-        except BaseException as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-
-    async def _round_trip(self, commands: list[tuple[Script, bytes]]) -> list[Any]:
-        """Send `commands` in one write and read their replies; an error reply is returned as
-        its exception. A script Redis forgot is loaded and its calls sent again."""
-        REDIS_BATCH_SIZE.observe(len(commands))
-        conn = self._conn
-        # send_packed_command connects (again) if needed; a failed read or write disconnects,
-        # so the next batch starts on a clean connection.
-        await conn.send_packed_command(b"".join(c for _, c in commands), check_health=False)
-        results: list[Any] = []
-        for _ in commands:
-            try:
-                results.append(await conn.read_response())
-            except ResponseError as exc:  # the reply was read: the connection stays in step
-                results.append(exc)
-        retry = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if retry:
-            for source in {commands[i][0].source for i in retry}:
-                await conn.send_packed_command(pack_command(b"SCRIPT", b"LOAD", source))
-                await conn.read_response()
-            for i in retry:
-                await conn.send_packed_command(commands[i][1], check_health=False)
-                try:
-                    results[i] = await conn.read_response()
-                except ResponseError as exc:
-                    results[i] = exc
-        return results
-
-
-def pack_command(*parts: bytes | str) -> bytes:
-    values = [p.encode() if isinstance(p, str) else p for p in parts]
-    return b"*%d\r\n" % len(values) + b"".join(b"$%d\r\n%b\r\n" % (len(v), v) for v in values)
+        await self._pipe.close()
 
 
 ADMIT = Script(_ADMIT)

@@ -31,6 +31,7 @@ from gateway.admission import (
     Admitted,
     Refused,
     ScriptBatcher,
+    ScriptCall,
     admit_keys,
     month_start,
     parse_admit,
@@ -45,6 +46,7 @@ from gateway.errors import (
     SpendCapReached,
     Unavailable,
 )
+from gateway.resp import ignore_result
 from gateway.upstream import Attempt
 from tally.eventlog import GroupCommitAppender
 from tally.events.billing import UsageRecorded
@@ -330,23 +332,36 @@ class Meter:
             return
         call.finished = True
         self._hold_closed(call)
-        await self._settle(call, 0, 0)
+        await self._settled(call, self._start_settle(call, 0, 0))
 
     @staticmethod
     def _hold_closed(call: Call) -> None:
         if call.held and call.admitted is not None:
             metrics.OPEN_HOLDS.dec()
 
-    async def _settle(self, call: Call, charge_nano: int, tokens: int) -> None:
+    def _start_settle(
+        self, call: Call, charge_nano: int, tokens: int, *, cork: bool = False
+    ) -> ScriptCall | None:
+        """Send the request's SETTLE (None when it has nothing to settle); `_settled` waits."""
         if not (call.held or call.capped or call.rate_limited) or call.admitted is None:
-            return
+            return None
         tpm_delta = tokens - call.tpm_estimate if call.rate_limited else 0
         try:
-            await self.scripts.call(
+            return self.scripts.start(
                 SETTLE,
                 call.keys.settle,
                 [call.request_id, charge_nano, tpm_delta, "1" if call.held else "0"],
+                cork=cork,
             )
+        except (redis.RedisError, OSError) as exc:
+            log.error("settle failed", request_id=call.request_id, error=str(exc))
+            return None
+
+    async def _settled(self, call: Call, settle: ScriptCall | None) -> None:
+        if settle is None:
+            return
+        try:
+            await self.scripts.result(settle)
         except (redis.RedisError, OSError) as exc:
             # The hold expires on its own; the charge still reaches the balance through the
             # usage event and the fold.
@@ -381,10 +396,11 @@ class Meter:
         except PricingError as exc:
             # The worst case priced, so only an image size the hold did not foresee gets here.
             log.error("usage cannot be priced", error=str(exc), request_id=call.request_id)
-            await self._settle(call, 0, 0)
+            await self._settled(call, self._start_settle(call, 0, 0))
             raise InvalidRequest(f"This request cannot be priced: {exc}.") from None
         tokens = usage.total_input_tokens + usage.total_output_tokens
-        settling = asyncio.ensure_future(self._settle(call, charge.charge_nano, tokens))
+        # Corked: the append below writes first, the settle at the end of this loop iteration.
+        settle = self._start_settle(call, charge.charge_nano, tokens, cork=True)
         route = call.attempt.route
         event = UsageRecorded(
             request_id=call.request_id,
@@ -412,14 +428,17 @@ class Meter:
         except Exception as exc:
             log.error("usage event not durable", request_id=call.request_id, error=repr(exc))
             self.health.failed()
-            await settling
+            await self._settled(call, settle)
             await self._unsettle(call)
             raise Unavailable(
                 "The request could not be recorded, so its result is withheld; try again."
             ) from None
-        finally:
-            if not settling.done():
-                await asyncio.shield(settling)
+        except BaseException:
+            # Cancelled: the settle's reply arrives anyway; nobody waits for it.
+            if settle is not None:
+                settle.future.add_done_callback(ignore_result)
+            raise
+        await self._settled(call, settle)
         metrics.usage(call.model.name, usage, charge.charge_nano)
         return charge
 
