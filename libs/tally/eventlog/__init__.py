@@ -11,10 +11,11 @@ from tally.eventlog.reader import (
     read_ahead,
     read_events,
 )
-from tally.eventlog.store import NewEvent, StoredEvent, append_events
+from tally.eventlog.store import NOTIFY_CHANNEL, NewEvent, StoredEvent, append_events
 
 __all__ = [
     "EVENT_TYPES",
+    "NOTIFY_CHANNEL",
     "Checkpoint",
     "Event",
     "EventNotifier",

@@ -17,9 +17,7 @@ import asyncpg
 import msgspec
 
 from tally.db import Connection
-from tally.eventlog.store import StoredEvent, stored_from_row
-
-NOTIFY_CHANNEL = "tally_events"
+from tally.eventlog.store import NOTIFY_CHANNEL, StoredEvent, stored_from_row
 
 
 class Checkpoint(msgspec.Struct, frozen=True, order=True):

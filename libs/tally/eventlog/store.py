@@ -34,9 +34,13 @@ class StoredEvent(msgspec.Struct, frozen=True):
     duplicate: bool = False
 
 
+# Listeners (`EventNotifier`) hear of every commit that appended events on this channel.
+NOTIFY_CHANNEL = "tally_events"
+NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+
 # One round trip for the whole batch: unnest the columns, insert in order, skip keys already
 # present. The uncorrelated pg_notify is an InitPlan, run once per statement that inserts.
-_INSERT = """
+_INSERT_NOTIFY = f"""
 INSERT INTO events (type, schema_version, tenant_id, idempotency_key, data)
 SELECT t.type, t.schema_version, t.tenant_id, t.idempotency_key, t.data::json
 FROM unnest($1::text[], $2::smallint[], $3::uuid[], $4::text[], $5::text[])
@@ -44,8 +48,9 @@ FROM unnest($1::text[], $2::smallint[], $3::uuid[], $4::text[], $5::text[])
 ORDER BY t.ord
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING position, txid::text::bigint AS txid, idempotency_key, recorded_at,
-          (SELECT pg_notify('tally_events', '')) IS NULL AS notified
-"""
+          ({NOTIFY}) IS NULL AS notified
+"""  # noqa: S608 - built from constants only
+_INSERT_QUIET = _INSERT_NOTIFY.replace(f"({NOTIFY}) IS NULL", "true")
 
 # Runs as a statement of its own so that, under READ COMMITTED, it sees a duplicate committed by
 # a concurrent transaction that the INSERT waited for.
@@ -56,17 +61,21 @@ FROM events WHERE idempotency_key = ANY($1::text[])
 """
 
 
-async def append_events(conn: Connection, batch: Sequence[NewEvent]) -> list[StoredEvent]:
+async def append_events(
+    conn: Connection, batch: Sequence[NewEvent], *, notify: bool = True
+) -> list[StoredEvent]:
     """Append `batch` in the caller's transaction; results are in input order.
 
     An event whose idempotency key is already in the log is not appended again: its result is
-    the original event, marked `duplicate`. Visible to readers once the caller commits.
+    the original event, marked `duplicate`. Visible to readers once the caller commits, which
+    also wakes the log's listeners (`EventNotifier`) unless `notify` is false: the caller
+    then owes them a notification of its own (`NOTIFY`).
     """
     if not batch:
         return []
     encoded = [encode_event(item.event) for item in batch]
     rows = await conn.fetch(
-        _INSERT,
+        _INSERT_NOTIFY if notify else _INSERT_QUIET,
         [type(item.event).__name__ for item in batch],
         [item.event.schema_version for item in batch],
         [item.event.event_tenant_id for item in batch],

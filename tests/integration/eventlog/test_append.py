@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from tally.eventlog import (
+    NOTIFY_CHANNEL,
     GroupCommitAppender,
     NewEvent,
     append_events,
@@ -163,3 +164,27 @@ async def test_duplicate_keys_through_group_commit_give_one_event(pool: asyncpg.
 def test_unknown_event_types_fail_loudly() -> None:
     with pytest.raises(LookupError, match="unknown event type"):
         decode_event("NoSuchThingHappened", 1, b"{}")
+
+
+async def test_a_notify_interval_wakes_listeners_at_most_that_often_and_after_the_last_commit(
+    pool: asyncpg.Pool, database_url: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    heard: list[float] = []
+    listener = await asyncpg.connect(database_url)
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *_: heard.append(loop.time()))
+    interval = 0.5
+    appender = GroupCommitAppender(pool, notify_interval=interval)
+    started = loop.time()
+    for i in range(50):  # one at a time: 50 commits, each its own batch
+        await appender.append(WidgetCounted(writer=1, n=i), f"quiet-{i}")
+    last_commit = loop.time()
+    await asyncio.sleep(interval + 0.5)
+    await appender.close()
+    await listener.close()
+    # Without the interval every commit notifies (50); with it, one at the start and one at
+    # the end of each interval the appends spanned.
+    assert 2 <= len(heard) <= (last_commit - started) / interval + 3, heard
+    # The last commit is announced: a listener that read the log before it is woken again.
+    assert max(heard) >= last_commit
+    assert await count_events(pool) == 50
