@@ -309,7 +309,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     gateway_append_timeout_s: Annotated[
         float,
         msgspec.Meta(gt=0, le=300),
-        _doc("How long a finished request waits for its usage event to commit before a 503."),
+        _doc(
+            "How long the commit of a finished request's usage event may take (a stalled "
+            "Postgres) before the request gets 503."
+        ),
     ] = 10.0
 
     # --- billing ---

@@ -163,7 +163,6 @@ class Meter:
         health: PostgresHealth,
         fold_shards: int,
         hold_ttl_s: int,
-        append_timeout_s: float,
     ) -> None:
         self._pool = pool
         self._redis = redis_client
@@ -173,7 +172,6 @@ class Meter:
         self.health = health
         self._fold_shards = fold_shards
         self._hold_ttl = hold_ttl_s
-        self._append_timeout = append_timeout_s
         self._balance_loads: dict[UUID, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
@@ -423,8 +421,8 @@ class Meter:
             estimated=estimated,
         )
         try:
-            async with asyncio.timeout(self._append_timeout):
-                await self.appender.append(event, f"usage:{call.request_id}")
+            # The append pool's statement timeout bounds the wait (gateway.runtime).
+            await self.appender.append(event, f"usage:{call.request_id}")
         except Exception as exc:
             log.error("usage event not durable", request_id=call.request_id, error=repr(exc))
             self.health.failed()

@@ -128,7 +128,17 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
     prices = PriceCache(pool, ttl_s=settings.gateway_cache_ttl_s)
     # The usage events get their own small pool whose connections skip asyncpg's reset query
     # on release (a round trip per batch): the appender leaves no session state behind.
-    append_pool = await create_pool(settings, min_size=1, max_size=4, reset=_keep_session)
+    # Its statement and connect timeouts bound how long a finished request waits for its
+    # usage event (a stalled Postgres): the request then gets 503, not a hang.
+    append_timeout = settings.gateway_append_timeout_s
+    append_pool = await create_pool(
+        settings,
+        min_size=1,
+        max_size=4,
+        reset=_keep_session,
+        command_timeout=append_timeout,
+        timeout=append_timeout,
+    )
     appender = GroupCommitAppender(
         append_pool,
         max_batch=settings.event_batch_max,
@@ -145,7 +155,6 @@ async def gateway_runtime(app: Litestar) -> AsyncIterator[None]:
         health=health,
         fold_shards=settings.fold_shards,
         hold_ttl_s=settings.gateway_hold_ttl_s,
-        append_timeout_s=settings.gateway_append_timeout_s,
     )
     cooldowns = Cooldowns(client, default_s=settings.gateway_cooldown_s)
     upstream = Upstream(

@@ -28,6 +28,7 @@ class Relay:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.stalled = False  # while set, bytes are swallowed: Postgres seems to hang
 
     async def open(self, port: int = 0) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
@@ -40,8 +41,9 @@ class Relay:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+                    if not self.stalled:
+                        dst.write(data)
+                        await dst.drain()
             dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
@@ -99,6 +101,57 @@ async def test_without_postgres_paid_work_is_refused_and_resumes_after(
 
         await fake_loop.arun(relay.open(relay.port))
         # Paid work resumes once the gateway sees Postgres back (however slow the machine is).
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                await world.client.chat.completions.create(model=world.model, messages=MESSAGES)
+                break
+            except openai.APIStatusError as exc:
+                refused_with = exc.status_code
+            assert refused_with == 503
+            assert time.monotonic() < deadline, "paid work did not resume"
+            await asyncio.sleep(0.1)
+        assert len(await usage_events(pool)) == 2
+        await world.client.close()
+    finally:
+        server.stop()
+        with contextlib.suppress(Exception):
+            fake_loop.run(relay.cut())
+
+
+async def test_a_stalled_postgres_gets_503_after_the_append_timeout_not_a_hang(
+    pool: asyncpg.Pool,
+    fakes: dict[str, FakeOpenAIUpstream],
+    fake_loop: LoopThread,
+    database_url: str,
+) -> None:
+    relay = Relay(5432)
+    fake_loop.run(relay.open())
+    settings = gateway_settings(
+        database_url=database_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}"),
+        gateway_append_timeout_s=3.0,
+    )
+    if settings.database_url == database_url:
+        pytest.skip("the test database is not on 127.0.0.1:5432")
+    server = GatewayServer(settings)
+    try:
+        world = await make_world(pool, server, fakes["openai"])
+        await world.client.chat.completions.create(model=world.model, messages=MESSAGES)
+        assert len(await usage_events(pool)) == 1
+
+        # Postgres stops answering without closing anything: only the timeout ends the wait.
+        relay.stalled = True
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            await world.client.chat.completions.create(model=world.model, messages=MESSAGES)
+        assert info.value.status_code == 503
+        assert time.monotonic() - started >= 3.0
+        # The swallowed INSERT never reaches Postgres: the stalled connections are dropped.
+        await fake_loop.arun(relay.cut())
+        relay.stalled = False
+        assert len(await usage_events(pool)) == 1
+
+        await fake_loop.arun(relay.open(relay.port))
         deadline = time.monotonic() + 120
         while True:
             try:
