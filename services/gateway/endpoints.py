@@ -89,11 +89,12 @@ def error_encoder(path: str) -> ErrorEncoder:
 
 
 async def send_error(send: Send, exc: TallyError, encode: ErrorEncoder = error_body) -> None:
-    headers = [(b"content-type", b"application/json")]
+    body = encode(exc)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     if isinstance(exc, GatewayError) and exc.headers:
         headers += [(k.encode(), v.encode()) for k, v in exc.headers.items()]
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": encode(exc)})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

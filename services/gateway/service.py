@@ -257,8 +257,10 @@ class Gateway:
             for m in sorted(models.values(), key=lambda m: m.name)
             if m.enabled and m.routes and caller.may_use(m.name)
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": [_JSON]})
-        await send({"type": "http.response.body", "body": _encode(schemas.ModelList(data=data))})
+        body = _encode(schemas.ModelList(data=data))
+        length = (b"content-length", b"%d" % len(body))
+        await send({"type": "http.response.start", "status": 200, "headers": [_JSON, length]})
+        await send({"type": "http.response.body", "body": body})
 
     async def chat(
         self,
