@@ -191,7 +191,8 @@ def gateway_command(python: str, processes: int, port: int) -> list[str]:
     return [
         python, "-m", "uvicorn", "gateway.app:create_app", "--factory",
         "--workers", str(processes), "--host", "127.0.0.1", "--port", str(port),
-        "--loop", "uvloop", "--http", "httptools", "--lifespan", "on", "--no-access-log",
+        "--loop", "uvloop", "--http", "gateway.http_server:GatewayHttpProtocol",
+        "--lifespan", "on", "--no-access-log",
         "--log-level", "warning", "--timeout-graceful-shutdown", "30", "--no-server-header",
         "--no-proxy-headers",
     ]  # fmt: skip
