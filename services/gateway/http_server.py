@@ -200,8 +200,10 @@ class Exchange:
             if length is None:
                 self._chunked = True
                 head.append(b"transfer-encoding: chunked\r\n\r\n")
-                # A stream: its head goes out now, its first chunk when the provider sends it.
-                self.transport.write(b"".join(head))
+                self._head = b"".join(head)
+                # A stream: its head goes out with its first chunk if the provider's is already
+                # here, else at the end of this loop iteration, alone.
+                asyncio.get_running_loop().call_soon(self._flush_head)
             else:
                 self._left = length
                 head.append(b"\r\n")
@@ -231,6 +233,13 @@ class Exchange:
             if not self.keep_alive:
                 self.transport.close()
             self.on_response()
+
+
+    def _flush_head(self) -> None:
+        head = self._head
+        if head is not None and not self.disconnected:
+            self._head = None
+            self.transport.write(head)
 
 
 def _nothing() -> None:

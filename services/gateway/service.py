@@ -782,7 +782,10 @@ def _prompt_sizes(prompt: Any) -> tuple[int, int]:
 
 
 def _has_finish_reason(choices: list[Any]) -> bool:
-    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    for choice in choices:  # a loop, not any(): this runs for every chunk of every stream
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return True
+    return False
 
 
 def _streamed_chars(choices: list[Any]) -> int:
