@@ -234,7 +234,6 @@ class Exchange:
                 self.transport.close()
             self.on_response()
 
-
     def _flush_head(self) -> None:
         head = self._head
         if head is not None and not self.disconnected:

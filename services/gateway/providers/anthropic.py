@@ -151,15 +151,14 @@ def _user_block(part: Mapping[str, Any], where: str) -> dict[str, Any] | None:
     return block
 
 
+def _user_blocks(parts: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    return [block for part in parts if (block := _user_block(part, where)) is not None]
+
+
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for part in cf.content_parts(message.get("content"), where):
-        if part["type"] in ("text", "refusal"):
-            text = part.get("text") if part["type"] == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                blocks.append({"type": "text", "text": text})
-        else:
-            raise cf.unsupported(KIND, f"{part['type']} content in assistant messages")
+    blocks: list[dict[str, Any]] = [
+        {"type": "text", "text": text} for text in cf.assistant_texts(KIND, message, where)
+    ]
     for call in message.get("tool_calls") or []:
         call_id, name, arguments = cf.tool_call_arguments(call, where)
         blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
@@ -170,11 +169,7 @@ def _tool_result_block(message: Mapping[str, Any], where: str) -> dict[str, Any]
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str):
         raise cf.invalid(f"{where}: a tool message needs `tool_call_id`", param="messages")
-    content: list[dict[str, Any]] = []
-    for part in cf.content_parts(message.get("content"), where):
-        block = _user_block(part, where)
-        if block is not None:
-            content.append(block)
+    content = _user_blocks(cf.content_parts(message.get("content"), where), where)
     result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     if content:
         result["content"] = content
@@ -183,8 +178,6 @@ def _tool_result_block(message: Mapping[str, Any], where: str) -> dict[str, Any]
 
 def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
     """Add a turn, merged into the previous one of the same role (Anthropic alternates)."""
-    if not blocks:
-        return
     if messages and messages[-1]["role"] == role:
         messages[-1]["content"].extend(blocks)
     else:
@@ -199,34 +192,17 @@ def translate_messages(
     openai_messages: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, messages) in Anthropic's shape."""
-    system: list[dict[str, Any]] = []
+    system, turns = cf.translate_turns(
+        KIND,
+        openai_messages,
+        system=lambda m, where: _user_blocks(cf.system_parts(KIND, m, where), where),
+        user=lambda m, where: _user_blocks(cf.content_parts(m.get("content"), where), where),
+        assistant=_assistant_blocks,
+        tool=_tool_result_block,
+    )
     messages: list[dict[str, Any]] = []
-    for i, message in enumerate(openai_messages):
-        role, where = message["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            for part in cf.content_parts(message.get("content"), where):
-                if part["type"] != "text":
-                    raise cf.unsupported(KIND, f"{part['type']} content in system messages")
-                block = _user_block(part, where)
-                if block is not None:
-                    system.append(block)
-        elif role == "user":
-            blocks = [
-                _user_block(p, where) for p in cf.content_parts(message.get("content"), where)
-            ]
-            _append(messages, "user", [b for b in blocks if b is not None])
-        elif role == "assistant":
-            _append(messages, "assistant", _assistant_blocks(message, where))
-        elif role == "tool":
-            _append(messages, "user", [_tool_result_block(message, where)])
-        elif role == "function":
-            raise cf.unsupported(KIND, "legacy `function` messages (use tools)", param="messages")
-        else:
-            raise cf.invalid(f"{where}: unknown role {role!r}", param="messages")
-    if not messages:
-        raise cf.invalid(
-            "`messages` needs at least one user or assistant message", param="messages"
-        )
+    for role, blocks in turns:
+        _append(messages, role, blocks)
     return system, messages
 
 

@@ -181,14 +181,9 @@ def _user_blocks(parts: list[dict[str, Any]], where: str) -> list[dict[str, Any]
 
 
 def _assistant_blocks(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for part in cf.content_parts(message.get("content"), where):
-        if part["type"] in ("text", "refusal"):
-            text = part.get("text") if part["type"] == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                blocks.append({"text": text})
-        else:
-            raise cf.unsupported(KIND, f"{part['type']} content in assistant messages")
+    blocks: list[dict[str, Any]] = [
+        {"text": text} for text in cf.assistant_texts(KIND, message, where)
+    ]
     for call in message.get("tool_calls") or []:
         call_id, name, arguments = cf.tool_call_arguments(call, where)
         blocks.append({"toolUse": {"toolUseId": call_id, "name": name, "input": arguments}})
@@ -205,8 +200,6 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    if not blocks:
-        return
     if messages and messages[-1]["role"] == role:
         messages[-1]["content"].extend(blocks)
     else:
@@ -219,30 +212,17 @@ def translate_messages(
     openai_messages: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, messages) in Converse's shape."""
-    system: list[dict[str, Any]] = []
+    system, turns = cf.translate_turns(
+        KIND,
+        openai_messages,
+        system=lambda m, where: _user_blocks(cf.system_parts(KIND, m, where), where),
+        user=lambda m, where: _user_blocks(cf.content_parts(m.get("content"), where), where),
+        assistant=_assistant_blocks,
+        tool=_tool_result,
+    )
     messages: list[dict[str, Any]] = []
-    for i, message in enumerate(openai_messages):
-        role, where = message["role"], f"messages[{i}]"
-        parts = cf.content_parts(message.get("content"), where) if role != "assistant" else []
-        if role in ("system", "developer"):
-            for part in parts:
-                if part["type"] != "text":
-                    raise cf.unsupported(KIND, f"{part['type']} content in system messages")
-            system.extend(_user_blocks(parts, where))
-        elif role == "user":
-            _append(messages, "user", _user_blocks(parts, where))
-        elif role == "assistant":
-            _append(messages, "assistant", _assistant_blocks(message, where))
-        elif role == "tool":
-            _append(messages, "user", [_tool_result(message, where)])
-        elif role == "function":
-            raise cf.unsupported(KIND, "legacy `function` messages (use tools)", param="messages")
-        else:
-            raise cf.invalid(f"{where}: unknown role {role!r}", param="messages")
-    if not messages:
-        raise cf.invalid(
-            "`messages` needs at least one user or assistant message", param="messages"
-        )
+    for role, blocks in turns:
+        _append(messages, role, blocks)
     return system, messages
 
 

@@ -17,7 +17,7 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tally.errors import InvalidRequest
@@ -133,6 +133,73 @@ def content_parts(content: Any, where: str) -> list[dict[str, Any]]:
                 raise invalid(f"{where}: every content part needs a `type`", param="messages")
         return content
     raise invalid(f"{where}: `content` must be a string or a list of parts", param="messages")
+
+
+Blocks = list[dict[str, Any]]
+MessageBlocks = Callable[[Mapping[str, Any], str], Blocks]
+
+
+def translate_turns(
+    kind: str,
+    messages: list[dict[str, Any]],
+    *,
+    system: MessageBlocks,
+    user: MessageBlocks,
+    assistant: MessageBlocks,
+    tool: Callable[[Mapping[str, Any], str], dict[str, Any]],
+) -> tuple[Blocks, list[tuple[str, Blocks]]]:
+    """OpenAI's messages as (system blocks, turns): each turn "user" or "assistant" and its
+    blocks, in order, empty ones dropped; a tool result is a user turn.
+
+    The callables build one provider's blocks from a message (`where` names it in errors); the
+    roles are told apart here, the same for every adapter, which then merges the turns the
+    way its provider wants them.
+    """
+    system_blocks: Blocks = []
+    turns: list[tuple[str, Blocks]] = []
+    for i, message in enumerate(messages):
+        role, where = message["role"], f"messages[{i}]"
+        if role in ("system", "developer"):
+            system_blocks.extend(system(message, where))
+            continue
+        if role == "user":
+            turn = ("user", user(message, where))
+        elif role == "assistant":
+            turn = ("assistant", assistant(message, where))
+        elif role == "tool":
+            turn = ("user", [tool(message, where)])
+        elif role == "function":
+            raise unsupported(kind, "legacy `function` messages (use tools)", param="messages")
+        else:
+            raise invalid(f"{where}: unknown role {role!r}", param="messages")
+        if turn[1]:
+            turns.append(turn)
+    if not turns:
+        raise invalid("`messages` needs at least one user or assistant message", param="messages")
+    return system_blocks, turns
+
+
+def system_parts(kind: str, message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    """A system message's parts, which may only be text."""
+    parts = content_parts(message.get("content"), where)
+    for part in parts:
+        if part["type"] != "text":
+            raise unsupported(kind, f"{part['type']} content in system messages")
+    return parts
+
+
+def assistant_texts(kind: str, message: Mapping[str, Any], where: str) -> list[str]:
+    """The texts of an assistant message's content (text and refusal parts), empty ones left
+    out; its tool calls are read with `tool_call_arguments`."""
+    texts = []
+    for part in content_parts(message.get("content"), where):
+        if part["type"] in ("text", "refusal"):
+            text = part.get("text") if part["type"] == "text" else part.get("refusal")
+            if isinstance(text, str) and text:
+                texts.append(text)
+        else:
+            raise unsupported(kind, f"{part['type']} content in assistant messages")
+    return texts
 
 
 def text_only(kind: str, content: Any, where: str) -> str:

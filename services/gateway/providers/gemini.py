@@ -153,14 +153,9 @@ def _user_part(part: Mapping[str, Any], where: str) -> dict[str, Any] | None:
 
 
 def _model_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for part in cf.content_parts(message.get("content"), where):
-        if part["type"] in ("text", "refusal"):
-            text = part.get("text") if part["type"] == "text" else part.get("refusal")
-            if isinstance(text, str) and text:
-                parts.append({"text": text})
-        else:
-            raise cf.unsupported(KIND, f"{part['type']} content in assistant messages")
+    parts: list[dict[str, Any]] = [
+        {"text": text} for text in cf.assistant_texts(KIND, message, where)
+    ]
     for call in message.get("tool_calls") or []:
         call_id, name, arguments = cf.tool_call_arguments(call, where)
         function_part: dict[str, Any] = {"functionCall": {"name": name, "args": arguments}}
@@ -186,12 +181,20 @@ def _function_response(
 
 
 def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
-    if not parts:
-        return
     if contents and contents[-1]["role"] == role:
         contents[-1]["parts"].extend(parts)
     else:
         contents.append({"role": role, "parts": list(parts)})
+
+
+def _system_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    text = cf.text_only(KIND, message.get("content"), where)
+    return [{"text": text}] if text else []
+
+
+def _user_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    parts = cf.content_parts(message.get("content"), where)
+    return [part for p in parts if (part := _user_part(p, where)) is not None]
 
 
 def translate_messages(
@@ -199,29 +202,17 @@ def translate_messages(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(systemInstruction, contents) in Gemini's shape."""
     names = cf.tool_names_by_call_id(messages)
-    system: list[dict[str, Any]] = []
+    system, turns = cf.translate_turns(
+        KIND,
+        messages,
+        system=_system_parts,
+        user=_user_parts,
+        assistant=_model_parts,
+        tool=lambda m, where: _function_response(m, names, where),
+    )
     contents: list[dict[str, Any]] = []
-    for i, message in enumerate(messages):
-        role, where = message["role"], f"messages[{i}]"
-        if role in ("system", "developer"):
-            text = cf.text_only(KIND, message.get("content"), where)
-            if text:
-                system.append({"text": text})
-        elif role == "user":
-            parts = [_user_part(p, where) for p in cf.content_parts(message.get("content"), where)]
-            _append(contents, "user", [p for p in parts if p is not None])
-        elif role == "assistant":
-            _append(contents, "model", _model_parts(message, where))
-        elif role == "tool":
-            _append(contents, "user", [_function_response(message, names, where)])
-        elif role == "function":
-            raise cf.unsupported(KIND, "legacy `function` messages (use tools)", param="messages")
-        else:
-            raise cf.invalid(f"{where}: unknown role {role!r}", param="messages")
-    if not contents:
-        raise cf.invalid(
-            "`messages` needs at least one user or assistant message", param="messages"
-        )
+    for role, parts in turns:
+        _append(contents, "model" if role == "assistant" else "user", parts)
     return ({"parts": system} if system else None), contents
 
 
