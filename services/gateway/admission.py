@@ -383,8 +383,8 @@ class ScriptBatcher:
     append without a task of its own); `result` waits for its reply.
     """
 
-    def __init__(self, client: redis.Redis, *, reply_timeout: float = 5.0) -> None:
-        self._pipe = RedisPipe(RedisAddress(client), reply_timeout=reply_timeout)
+    def __init__(self, client: redis.Redis) -> None:
+        self._pipe = RedisPipe(RedisAddress(client))
 
     def start(
         self,

@@ -7,8 +7,9 @@ written together once per loop iteration; Redis answers in order, so replies res
 futures first in, first out. A lone command on an idle connection is written at once.
 
 Failure handling is per connection, not per command: a connection that breaks, or that has
-commands pending and hears nothing for `reply_timeout` seconds, is closed and every pending
-command fails with `ConnectionError`; the next command connects again.
+commands pending and hears nothing for `socket_timeout` seconds (the URL's, else 5), is closed
+and every pending command fails (`ConnectionError`, `TimeoutError`); the next command connects
+again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class RedisAddress:
         self.username: str | None = kwargs.get("username")
         self.password: str | None = kwargs.get("password")
         self.connect_timeout: float = kwargs.get("socket_connect_timeout") or 5.0
+        # How long pending commands may go unanswered (`?socket_timeout=` in the URL).
+        self.reply_timeout: float = kwargs.get("socket_timeout") or 5.0
         self.ssl: ssl.SSLContext | None = None
         if "ssl_cert_reqs" in kwargs:  # redis-py's SSLConnection (a rediss:// URL)
             context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
@@ -107,9 +110,9 @@ class _Protocol(asyncio.Protocol):
 class RedisPipe:
     """Commands in, replies out, in order, on one connection (see the module docstring)."""
 
-    def __init__(self, address: RedisAddress, *, reply_timeout: float = 5.0) -> None:
+    def __init__(self, address: RedisAddress) -> None:
         self._address = address
-        self._reply_timeout = reply_timeout
+        self._reply_timeout = address.reply_timeout
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._protocol: _Protocol | None = None

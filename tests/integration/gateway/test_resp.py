@@ -101,9 +101,8 @@ async def resp_server(
         server.close()
 
 
-def pipe_to(port: int, url_extra: str = "", reply_timeout: float = 5.0) -> RedisPipe:
-    client = redis.from_url(f"redis://{url_extra}127.0.0.1:{port}/0")
-    return RedisPipe(RedisAddress(client), reply_timeout=reply_timeout)
+def pipe_to(port: int, query: str = "") -> RedisPipe:
+    return RedisPipe(RedisAddress(redis.from_url(f"redis://127.0.0.1:{port}/0{query}")))
 
 
 async def test_a_new_connection_authenticates_and_selects_its_database_first() -> None:
@@ -126,7 +125,7 @@ async def test_a_silent_server_fails_the_pending_commands_and_the_next_one_recon
             writer.write(b":1\r\n")
 
     async with resp_server(answer) as (port, received):
-        pipe = pipe_to(port, reply_timeout=0.3)
+        pipe = pipe_to(port, "?socket_timeout=0.3")  # the URL's timeout is the pipe's
         pending = [pipe.request(pack_command("INCR", "x")) for _ in range(3)]
         results = await asyncio.gather(*pending, return_exceptions=True)
         assert all(isinstance(r, RedisTimeoutError) for r in results), results
