@@ -161,3 +161,16 @@ async def test_head_and_other_methods_get_the_generic_path_and_a_bodyless_405(
     assert events[0].status_code == 405
     assert not any(isinstance(e, h11.Data) and e.data for e in events)
     writer.close()
+
+
+async def test_a_path_that_is_not_ascii_gets_400_and_nothing_else_breaks(
+    world: World, gateway_server: GatewayServer
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway_server.port)
+    writer.write(b"POST /v1/chat/\xff\xfe HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+    answer = await asyncio.wait_for(reader.read(), 30)  # answered, then closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    # The gateway serves the next connection as usual.
+    [(response, _)], _ = await exchange(gateway_server, chat_request(world), 1)
+    assert response.status_code == 200
