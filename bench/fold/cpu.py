@@ -30,10 +30,11 @@ import uvloop
 from bench.fold import run as fold_bench
 from billing.fold import repository
 from billing.fold import service as fold_service
-from billing.fold.service import Folder, tune_garbage_collector
+from billing.fold.service import Folder
 from tally.config import load_settings
 from tally.db import create_pool
 from tally.eventlog import reader
+from tally.gc_tuning import tune_garbage_collector
 from tally.live_balance import LiveBalances
 from tally.migrations import apply_migrations
 

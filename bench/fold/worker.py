@@ -14,9 +14,10 @@ import time
 import redis.asyncio as redis
 import uvloop
 
-from billing.fold.service import DEFAULT_BATCH, Folder, tune_garbage_collector
+from billing.fold.service import DEFAULT_BATCH, Folder
 from tally.config import load_settings
 from tally.db import create_pool
+from tally.gc_tuning import tune_garbage_collector
 from tally.live_balance import LiveBalances
 
 

@@ -64,6 +64,8 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tally.gc_tuning import tune_garbage_collector
+
     settings = get_settings()
     port = {
         "gateway": settings.gateway_port,
@@ -84,9 +86,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from gateway.http_server import GatewayHttpProtocol
 
         http = GatewayHttpProtocol
+    # The app is built here, not by uvicorn, so that everything start-up allocated can be
+    # frozen out of the garbage collector's sight before the first request (tally.gc_tuning).
+    app = importlib.import_module(f"{args.service}.app").create_app(settings)
+    tune_garbage_collector()
     uvicorn.run(
-        f"{args.service}.app:create_app",
-        factory=True,
+        app,
         host=settings.host,
         port=port,
         loop="uvloop",

@@ -260,7 +260,7 @@ async def _replay_partition(
 def _replay_partition_in_process(
     args: tuple[str, str, int, int, Checkpoint, int],
 ) -> tuple[int, Checkpoint, list[str]]:
-    from billing.fold.service import tune_garbage_collector
+    from tally.gc_tuning import tune_garbage_collector
 
     tune_garbage_collector()
     return asyncio.run(_replay_partition(*args))

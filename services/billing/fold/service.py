@@ -44,18 +44,6 @@ log = get_logger(__name__)
 DEFAULT_BATCH = 25_000
 
 
-def tune_garbage_collector() -> None:
-    """For fold processes: collect young objects far less often.
-
-    A batch allocates thousands of small objects (decoded events, rows) that hold no cycles;
-    the default thresholds run a collection every 700 allocations and then scan every live
-    batch object again, a quarter of the fold's decoding time. Frozen start-up objects are
-    never scanned.
-    """
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
 _batches_in_progress = 0
 _PAUSED_YOUNG_LIMIT = 1_000_000
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from arq import func
 
-from billing.fold.service import Folder, tune_garbage_collector
+from billing.fold.service import Folder
 from tally.config import Settings
 from tally.eventlog import EventNotifier
+from tally.gc_tuning import tune_garbage_collector
 from tally.live_balance import LiveBalances
 from tally.log import get_logger
 
