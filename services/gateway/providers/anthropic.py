@@ -195,8 +195,7 @@ def translate_messages(
     system, turns = cf.translate_turns(
         KIND,
         openai_messages,
-        system=lambda m, where: _user_blocks(cf.system_parts(KIND, m, where), where),
-        user=lambda m, where: _user_blocks(cf.content_parts(m.get("content"), where), where),
+        parts=_user_blocks,
         assistant=_assistant_blocks,
         tool=_tool_result_block,
     )

@@ -136,6 +136,7 @@ def content_parts(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 Blocks = list[dict[str, Any]]
+PartsBlocks = Callable[[list[dict[str, Any]], str], Blocks]
 MessageBlocks = Callable[[Mapping[str, Any], str], Blocks]
 
 
@@ -143,27 +144,32 @@ def translate_turns(
     kind: str,
     messages: list[dict[str, Any]],
     *,
-    system: MessageBlocks,
-    user: MessageBlocks,
+    parts: PartsBlocks,
     assistant: MessageBlocks,
     tool: Callable[[Mapping[str, Any], str], dict[str, Any]],
+    system: MessageBlocks | None = None,
 ) -> tuple[Blocks, list[tuple[str, Blocks]]]:
     """OpenAI's messages as (system blocks, turns): each turn "user" or "assistant" and its
     blocks, in order, empty ones dropped; a tool result is a user turn.
 
-    The callables build one provider's blocks from a message (`where` names it in errors); the
-    roles are told apart here, the same for every adapter, which then merges the turns the
-    way its provider wants them.
+    The callables build one provider's blocks (`where` names the message in errors): `parts`
+    from a user message's content parts, and from a system message's (text only) unless
+    `system` builds those; `assistant` and `tool` from the whole message. The roles are told
+    apart here, the same for every adapter, which then merges the turns the way its provider
+    wants them.
     """
     system_blocks: Blocks = []
     turns: list[tuple[str, Blocks]] = []
     for i, message in enumerate(messages):
         role, where = message["role"], f"messages[{i}]"
         if role in ("system", "developer"):
-            system_blocks.extend(system(message, where))
+            if system is not None:
+                system_blocks.extend(system(message, where))
+            else:
+                system_blocks.extend(parts(system_parts(kind, message, where), where))
             continue
         if role == "user":
-            turn = ("user", user(message, where))
+            turn = ("user", parts(content_parts(message.get("content"), where), where))
         elif role == "assistant":
             turn = ("assistant", assistant(message, where))
         elif role == "tool":

@@ -192,8 +192,7 @@ def _system_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]
     return [{"text": text}] if text else []
 
 
-def _user_parts(message: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    parts = cf.content_parts(message.get("content"), where)
+def _user_parts(parts: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     return [part for p in parts if (part := _user_part(p, where)) is not None]
 
 
@@ -205,10 +204,10 @@ def translate_messages(
     system, turns = cf.translate_turns(
         KIND,
         messages,
-        system=_system_parts,
-        user=_user_parts,
+        parts=_user_parts,
         assistant=_model_parts,
         tool=lambda m, where: _function_response(m, names, where),
+        system=_system_parts,
     )
     contents: list[dict[str, Any]] = []
     for role, parts in turns:
