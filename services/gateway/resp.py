@@ -21,6 +21,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as redis
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,12 +52,11 @@ class RedisAddress:
         # How long pending commands may go unanswered (`?socket_timeout=` in the URL).
         self.reply_timeout: float = kwargs.get("socket_timeout") or 5.0
         self.ssl: ssl.SSLContext | None = None
-        if "ssl_cert_reqs" in kwargs:  # redis-py's SSLConnection (a rediss:// URL)
-            context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
-            if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self.ssl = context
+        if issubclass(pool.connection_class, SSLConnection):  # a rediss:// URL
+            # redis-py's own TLS settings for it (verification, hostname check, client
+            # certificate), so that this connection trusts exactly what the client does.
+            connection = pool.make_connection()  # type: ignore[no-untyped-call]
+            self.ssl = connection.ssl_context.get()
 
     def handshake(self) -> list[bytes]:
         """AUTH and SELECT, sent ahead of the first commands of a new connection."""

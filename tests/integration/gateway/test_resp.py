@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.resp import RedisAddress, RedisPipe, pack_command
 from tests.fixtures.gateway import free_port
+from tests.integration.gateway.test_http_client import _self_signed
 
 
 async def test_concurrent_commands_are_pipelined_and_each_gets_its_own_reply(
@@ -70,7 +72,7 @@ Handler = Callable[[list[bytes], asyncio.StreamWriter], None]
 
 @contextlib.asynccontextmanager
 async def resp_server(
-    handler: Handler, port: int | None = None
+    handler: Handler, port: int | None = None, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[tuple[int, list[list[bytes]]]]:
     """A server that parses RESP commands and lets `handler` answer (or not); yields its port
     and every command it received."""
@@ -95,7 +97,7 @@ async def resp_server(
             writer.close()
 
     port = port or free_port()
-    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    server = await asyncio.start_server(serve, "127.0.0.1", port, ssl=tls)
     try:
         yield port, received
     finally:
@@ -180,3 +182,18 @@ async def test_a_unix_socket_url_is_followed(tmp_path: Path) -> None:
         await client.aclose()
     finally:
         server.shutdown()
+
+
+async def test_a_rediss_url_speaks_tls_and_verifies_the_server(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with resp_server(lambda _, writer: writer.write(b"+PONG\r\n"), tls=tls) as (port, _):
+        trusting = redis.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+        pipe = RedisPipe(RedisAddress(trusting))
+        assert await pipe.request(pack_command("PING")) == b"PONG"
+        await pipe.close()
+        # The system's trust store does not know this certificate: refused, nothing sent.
+        default = RedisPipe(RedisAddress(redis.from_url(f"rediss://127.0.0.1:{port}/0")))
+        with pytest.raises(RedisConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+            await default.request(pack_command("PING"))
