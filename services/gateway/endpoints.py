@@ -180,20 +180,21 @@ async def run_flow(
     except Exception:
         log.exception("unhandled error in the gateway")
         if send.status is None:
-            await send_error(
-                send,
-                _Internal("The gateway failed unexpectedly; nothing was charged."),
-                encode_error,
-            )
+            await send_error(send, InternalError(), encode_error)
     finally:
         if watcher is not None:
             watcher.cancel()
 
 
-class _Internal(TallyError):
+class InternalError(TallyError):
+    """A failure of the gateway's own (a bug): 500, in the error shape of every other error."""
+
     status_code = 500
     error_type = "server_error"
     code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("The gateway failed unexpectedly; nothing was charged.")
 
 
 class RequestIds:

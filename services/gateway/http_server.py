@@ -26,7 +26,7 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.endpoints import FastPath, Scope
+from gateway.endpoints import FastPath, InternalError, Scope, send_error
 from tally.log import get_logger
 
 log = get_logger(__name__)
@@ -143,7 +143,7 @@ class Exchange:
         except BaseException as exc:
             log.exception("unhandled error serving /v1")
             if not self.response_started and not self.disconnected:
-                await self._send_500()
+                await send_error(self.send, InternalError())
             else:
                 self.transport.close()
             if not isinstance(exc, Exception):
@@ -154,20 +154,6 @@ class Exchange:
                 self.transport.close()
         finally:
             self.on_response = _nothing
-
-    async def _send_500(self) -> None:
-        body = b'{"error":{"message":"internal error","type":"server_error"}}'
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
-        )
-        await self.send({"type": "http.response.body", "body": body})
 
     async def receive(self) -> dict[str, Any]:
         if not self.disconnected and not self.response_complete:
@@ -259,14 +245,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     """`tally serve gateway`'s HTTP protocol (see the module docstring)."""
 
     _raw: asyncio.Transport
+    _fast_path: FastPath | None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._raw = transport
+        self._fast_path = _fast_path_of(self.app)
         proxy = _HeadHoldingTransport(transport, self.loop)
         super().connection_made(proxy)  # type: ignore[arg-type]
 
     def on_headers_complete(self) -> None:
-        fast_path = _fast_path_of(self.app)
+        fast_path = self._fast_path
         gateway = fast_path.gateway if fast_path is not None else None
         url = self.url
         method = self.parser.get_method()
